@@ -1,0 +1,23 @@
+"""The config keys this project adds to detectron2's. Every new key is declared here, once, with
+what it means; nothing else in the package adds keys."""
+from fvcore.common.config import CfgNode as CN
+
+
+def add_project_keys(cfg: CN) -> None:
+    # --- schedules (rethink.config.schedule) -------------------------------------------------------
+    # Paper schedule as "Nx" (N may be fractional: "0.5x", "6x"). When set, MAX_ITER = N * SCHEDULE_UNIT
+    # and STEPS = (MAX_ITER - 2/3 unit, MAX_ITER - 2/9 unit), i.e. the LR drops 60k and 20k iterations
+    # before the end for the 90k unit. An explicitly set MAX_ITER or STEPS wins. "" = use MAX_ITER/STEPS.
+    cfg.SOLVER.SCHEDULE = ""
+    # Iterations of one "1x" schedule at REFERENCE_IMS_PER_BATCH images/batch (the paper: 90k at 16).
+    cfg.SOLVER.SCHEDULE_UNIT = 90000
+    # The batch size at which BASE_LR and every iteration count of SOLVER/TEST are written. When
+    # IMS_PER_BATCH differs, BASE_LR scales by IMS_PER_BATCH/REFERENCE and MAX_ITER, STEPS,
+    # WARMUP_ITERS, CHECKPOINT_PERIOD, SCHEDULE_UNIT and TEST.EVAL_PERIOD by its inverse (linear scaling rule).
+    # After resolution it equals IMS_PER_BATCH, so resolving a saved config again changes nothing.
+    # 0 disables scaling.
+    cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 16
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    # COCO evaluator backend: "faster_coco_eval" (default, same numbers, much faster) or "pycocotools".
+    cfg.TEST.EVALUATOR = "faster_coco_eval"

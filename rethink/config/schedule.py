@@ -1,0 +1,47 @@
+"""Paper schedules ("Nx") and the linear scaling rule for batch sizes other than the reference."""
+import re
+
+from fvcore.common.config import CfgNode
+
+_SCHEDULE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*x\s*$")
+
+
+def parse_schedule(text: str) -> float:
+    """'6x' -> 6.0, '0.5x' -> 0.5. Raises ValueError on anything else."""
+    m = _SCHEDULE_RE.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"SOLVER.SCHEDULE must look like '6x' or '0.5x' (a positive multiple of SCHEDULE_UNIT), got {text!r}")
+    return float(m.group(1))
+
+
+def schedule_steps(max_iter: int, unit: int) -> tuple:
+    """LR drop iterations for a run of `max_iter` iterations: the paper's "last 60k and last 20k"
+    (2/3 and 2/9 of a unit) for schedules of 2x and longer; for shorter ones the drops sit at 2/3 and
+    8/9 of the run, which gives detectron2's 1x (60k, 80k). Depends only on max_iter and unit."""
+    first = max_iter - min(round(unit * 2 / 3), round(max_iter / 3))
+    second = max_iter - min(round(unit * 2 / 9), round(max_iter / 9))
+    return (first, second)
+
+
+def resolve_schedule(cfg: CfgNode, explicit: set) -> None:
+    """Fill SOLVER.MAX_ITER/STEPS from SOLVER.SCHEDULE (unless set explicitly), then apply the linear
+    scaling rule when IMS_PER_BATCH differs from SOLVER.REFERENCE_IMS_PER_BATCH. Idempotent: the
+    scaled config records REFERENCE_IMS_PER_BATCH = IMS_PER_BATCH."""
+    s = cfg.SOLVER
+    if s.SCHEDULE:
+        n = parse_schedule(s.SCHEDULE)
+        if "SOLVER.MAX_ITER" not in explicit:
+            s.MAX_ITER = int(round(n * s.SCHEDULE_UNIT))
+        if "SOLVER.STEPS" not in explicit:
+            s.STEPS = schedule_steps(s.MAX_ITER, s.SCHEDULE_UNIT)
+    ref = s.REFERENCE_IMS_PER_BATCH
+    if ref > 0 and ref != s.IMS_PER_BATCH:
+        factor = s.IMS_PER_BATCH / ref
+        s.BASE_LR = s.BASE_LR * factor
+        s.MAX_ITER = int(round(s.MAX_ITER / factor))
+        s.STEPS = tuple(int(round(x / factor)) for x in s.STEPS)
+        s.WARMUP_ITERS = int(round(s.WARMUP_ITERS / factor))
+        s.CHECKPOINT_PERIOD = int(round(s.CHECKPOINT_PERIOD / factor))
+        s.SCHEDULE_UNIT = int(round(s.SCHEDULE_UNIT / factor))
+        cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / factor))
+        s.REFERENCE_IMS_PER_BATCH = s.IMS_PER_BATCH

@@ -1,0 +1,6 @@
+"""Model building: `build_model(cfg)` gives a torchvision-based Mask R-CNN with detectron2's settings."""
+from .backbone import ResNet, ResNetFPN, build_resnet_fpn_backbone
+from .norm import SyncBatchNorm, get_norm
+from .rcnn import MaskRCNN, build_model
+
+__all__ = ["MaskRCNN", "ResNet", "ResNetFPN", "SyncBatchNorm", "build_model", "build_resnet_fpn_backbone", "get_norm"]

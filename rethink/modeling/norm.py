@@ -1,0 +1,102 @@
+"""Normalization layers by detectron2 name: "BN", "SyncBN", "FrozenBN", "GN" (32 groups), "" (none).
+
+`SyncBN` means the same thing on every device: on CUDA it is torch's nn.SyncBatchNorm; on CPU with a
+gloo process group the batch statistics are all-reduced here (differentiably), so that a CPU
+multi-process run normalizes over the global batch exactly like the GPU one. Without a process group
+it behaves as plain BatchNorm and says so once.
+"""
+import logging
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+from torchvision.ops import FrozenBatchNorm2d
+
+logger = logging.getLogger(__name__)
+
+GN_GROUPS = 32
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """nn.SyncBatchNorm that also synchronizes on CPU (gloo). Same parameters and buffers as BN."""
+
+    _warned_single = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1
+        if not (self.training and distributed):
+            if self.training and not SyncBatchNorm._warned_single:
+                logger.info("SyncBN without a multi-process group: it behaves as BatchNorm over the local batch")
+                SyncBatchNorm._warned_single = True
+            return nn.modules.batchnorm._BatchNorm.forward(self, x)
+        if x.is_cuda:
+            return super().forward(x)
+        return self._cpu_sync_forward(x)
+
+    def _cpu_sync_forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        count = torch.full((1,), x.numel() // c, dtype=x.dtype)
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
+        stats = differentiable_all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        total = stats[-1]
+        mean = stats[:c] / total
+        var = stats[c : 2 * c] / total - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (total / (total - 1).clamp(min=1))
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        out = (x - mean.reshape(shape)) * scale.reshape(shape)
+        if self.affine:
+            out = out + self.bias.reshape(shape)
+        return out
+
+
+def get_norm(name: str, channels: int):
+    """A norm module for `channels` by detectron2 name, or None for ""."""
+    if not name:
+        return None
+    if name == "BN":
+        return nn.BatchNorm2d(channels)
+    if name == "SyncBN":
+        return SyncBatchNorm(channels)
+    if name == "FrozenBN":
+        return FrozenBatchNorm2d(channels)
+    if name == "GN":
+        return nn.GroupNorm(GN_GROUPS, channels)
+    raise ValueError(f"unknown norm {name!r}; expected one of BN, SyncBN, FrozenBN, GN or ''")
+
+
+def norm_factory(name: str):
+    """A `norm_layer(channels)` callable for torchvision's builders (None for no norm)."""
+    if not name:
+        return None
+    return lambda channels: get_norm(name, channels)
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every (Sync)BatchNorm in `module` with a FrozenBatchNorm2d holding its statistics
+    (what detectron2 does to frozen stages); returns the converted module."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        if module.track_running_stats:
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        new = freeze_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+

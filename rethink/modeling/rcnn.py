@@ -1,0 +1,146 @@
+"""Mask R-CNN assembled from torchvision's detection components with detectron2's settings.
+
+`build_model(cfg)` returns a :class:`MaskRCNN` (a torchvision MaskRCNN) whose
+- backbone is ResNet + FPN with the configured norms and FREEZE_AT (backbone.py),
+- RPN uses detectron2's loss normalisation and smooth-L1 beta (MODEL.RPN.SMOOTH_L1_BETA),
+- RoI heads pool with ROIAlignV2, run the 4conv1fc box head and the 4-conv mask head with their
+  NORM, and predict K classes without background weights (heads.py),
+- input transform only normalises and pads to a multiple of 32: resizing and flipping happen in the
+  data pipeline (as in detectron2), and at test time outputs are rescaled to `output_sizes`.
+
+Inputs are float CHW tensors in INPUT.FORMAT channel order on the 0..255 scale. Known difference
+from detectron2: the box head's regression loss is torchvision's smooth-L1 (beta 1/9) rather than
+detectron2's L1 (SMOOTH_L1_BETA 0).
+"""
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.detection import MaskRCNN as _TorchvisionMaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from .backbone import build_resnet_fpn_backbone
+from .heads import BoxPredictor, MaskPredictor, ROIPooler, xavier_fill_linears
+from .norm import norm_factory
+
+logger = logging.getLogger(__name__)
+
+
+class RPN(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's loss: both terms summed over the sampled anchors and
+    divided by BATCH_SIZE_PER_IMAGE x images; box term smooth-L1 with `beta` (0 = L1)."""
+
+    def __init__(self, *args, smooth_l1_beta: float = 0.0, loss_weight: float = 1.0, box_loss_weight: float = 1.0,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.smooth_l1_beta = smooth_l1_beta
+        self.loss_weight = loss_weight
+        self.box_loss_weight = box_loss_weight
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        pos, neg = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(pos, dim=0))[0]
+        neg = torch.where(torch.cat(neg, dim=0))[0]
+        sampled = torch.cat([pos, neg], dim=0)
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], regression_targets[pos], beta=self.smooth_l1_beta,
+                                    reduction="sum") / normalizer
+        obj_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled],
+                                                      reduction="sum") / normalizer
+        return obj_loss * self.loss_weight, box_loss * self.loss_weight * self.box_loss_weight
+
+
+class NormalizeAndPad(GeneralizedRCNNTransform):
+    """Normalise with PIXEL_MEAN/STD and batch with padding to a multiple of 32; no resizing."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+class MaskRCNN(_TorchvisionMaskRCNN):
+    """torchvision MaskRCNN whose forward takes `output_sizes` (h, w) per image at test time: boxes
+    and masks come back in that resolution (the original image's, for COCO evaluation)."""
+
+    def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict]] = None,
+                output_sizes: Optional[List[Tuple[int, int]]] = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("MaskRCNN.forward: targets are required in training mode")
+            return super().forward(images, targets)
+        input_sizes = [tuple(img.shape[-2:]) for img in images]
+        batch, _ = self.transform(images, None)
+        features = self.backbone(batch.tensors)
+        proposals, _ = self.rpn(batch, features, None)
+        detections, _ = self.roi_heads(features, proposals, batch.image_sizes, None)
+        return self.transform.postprocess(detections, input_sizes, output_sizes or input_sizes)
+
+
+def _anchor_generator(cfg) -> AnchorGenerator:
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    sizes = [tuple(s) for s in a.SIZES] * (5 if len(a.SIZES) == 1 else 1)
+    ratios = [tuple(r) for r in a.ASPECT_RATIOS] * (5 if len(a.ASPECT_RATIOS) == 1 else 1)
+    return AnchorGenerator(tuple(sizes), tuple(ratios))
+
+
+def build_model(cfg) -> MaskRCNN:
+    """Mask R-CNN (or Faster R-CNN when MODEL.MASK_ON is False) from a resolved config."""
+    m = cfg.MODEL
+    num_classes = m.ROI_HEADS.NUM_CLASSES
+    backbone = build_resnet_fpn_backbone(cfg)
+    channels = backbone.out_channels
+    box = m.ROI_BOX_HEAD
+    box_res = box.POOLER_RESOLUTION
+    box_head = FastRCNNConvFCHead((channels, box_res, box_res), [box.CONV_DIM] * box.NUM_CONV,
+                                  [box.FC_DIM] * box.NUM_FC, norm_layer=norm_factory(box.NORM))
+    xavier_fill_linears(box_head)
+    mask = m.ROI_MASK_HEAD
+    mask_head = MaskRCNNHeads(channels, [mask.CONV_DIM] * mask.NUM_CONV, 1, norm_layer=norm_factory(mask.NORM))
+    mask_dim = mask.CONV_DIM if mask.NUM_CONV else channels
+    anchors = _anchor_generator(cfg)
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
+        box_roi_pool=ROIPooler(["0", "1", "2", "3"], box_res, box.POOLER_SAMPLING_RATIO,
+                               aligned=box.POOLER_TYPE == "ROIAlignV2"),
+        box_head=box_head,
+        box_predictor=BoxPredictor(box.FC_DIM if box.NUM_FC else channels * box_res * box_res, num_classes),
+        box_score_thresh=m.ROI_HEADS.SCORE_THRESH_TEST,
+        box_nms_thresh=m.ROI_HEADS.NMS_THRESH_TEST,
+        box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
+        box_fg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
+        box_bg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
+        box_batch_size_per_image=m.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        box_positive_fraction=m.ROI_HEADS.POSITIVE_FRACTION,
+        bbox_reg_weights=tuple(box.BBOX_REG_WEIGHTS),
+        mask_roi_pool=ROIPooler(["0", "1", "2", "3"], mask.POOLER_RESOLUTION, mask.POOLER_SAMPLING_RATIO,
+                                aligned=mask.POOLER_TYPE == "ROIAlignV2"),
+        mask_head=mask_head,
+        mask_predictor=MaskPredictor(mask_dim, mask.CONV_DIM, num_classes),
+    )
+    r = m.RPN
+    model.rpn = RPN(
+        anchors, model.rpn.head,
+        fg_iou_thresh=r.IOU_THRESHOLDS[1], bg_iou_thresh=r.IOU_THRESHOLDS[0],
+        batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
+        pre_nms_top_n=dict(training=r.PRE_NMS_TOPK_TRAIN, testing=r.PRE_NMS_TOPK_TEST),
+        post_nms_top_n=dict(training=r.POST_NMS_TOPK_TRAIN, testing=r.POST_NMS_TOPK_TEST),
+        nms_thresh=r.NMS_THRESH,
+        smooth_l1_beta=r.SMOOTH_L1_BETA, loss_weight=r.LOSS_WEIGHT, box_loss_weight=r.BBOX_REG_LOSS_WEIGHT,
+    )
+    model.rpn.box_coder.weights = tuple(r.BBOX_REG_WEIGHTS)
+    model.transform = NormalizeAndPad(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
+                                      image_mean=list(m.PIXEL_MEAN), image_std=list(m.PIXEL_STD),
+                                      size_divisible=32)
+    if not m.MASK_ON:
+        model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
+    return model
