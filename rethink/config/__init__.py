@@ -95,13 +95,15 @@ def _merge_overrides(cfg: CfgNode, overrides: Iterable[str], origins: Dict[str, 
         origins[key] = "command line"
 
 
-def load_config(path: Optional[str], overrides: Iterable[str] = (), freeze: bool = True) -> CfgNode:
+def load_config(path: Optional[str], overrides: Iterable[str] = (), freeze: bool = True,
+                origins: Optional[Dict[str, str]] = None) -> CfgNode:
     """Defaults <- `path` (with its `_BASE_` chain) <- `overrides`; then schedule resolution and
-    validation. Returns a frozen CfgNode unless freeze=False."""
+    validation. Returns a frozen CfgNode unless freeze=False. `origins`, if given, is filled with
+    {key: file or "command line"} for every key set explicitly."""
     cfg = get_cfg()
-    origins: Dict[str, str] = {}
+    origins = {} if origins is None else origins
     if path:
-        _merge_file(cfg, path, origins)
+        _merge_file(cfg, str(path), origins)
     _merge_overrides(cfg, overrides, origins)
     try:
         resolve_schedule(cfg, set(origins))

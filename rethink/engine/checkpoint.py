@@ -1,0 +1,112 @@
+"""Checkpoints: `OUTPUT_DIR/model_XXXXXXX.pth` (XXXXXXX = iterations completed) and
+`model_final.pth`, plus `last_checkpoint` naming the newest, all written atomically (temp file, then
+rename), so a crash never leaves a truncated checkpoint or a pointer to a missing one.
+
+A checkpoint holds the model (without DDP's "module." prefix), the optimizer, the number of
+completed iterations, the seed, and the RNG states of this rank.
+"""
+import logging
+import os
+import random
+from typing import Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+LAST = "last_checkpoint"
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and ints only, so checkpoints load with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True):
+        self.model, self.optimizer, self.output_dir, self.save_to_disk = model, optimizer, output_dir, save_to_disk
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.output_dir, f"{name}.pth")
+
+    def save(self, name: str, iteration: int, **extra) -> Optional[str]:
+        """Write checkpoint `name` (e.g. "model_0005000") holding `iteration` completed iterations."""
+        if not self.save_to_disk:
+            return None
+        data = {"model": unwrap(self.model).state_dict(), "iteration": iteration, "rng": rng_state(), **extra}
+        if self.optimizer is not None:
+            data["optimizer"] = self.optimizer.state_dict()
+        path = self.path(name)
+        atomic_torch_save(data, path)
+        atomic_write_text(os.path.join(self.output_dir, LAST), os.path.basename(path))
+        logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
+        return path
+
+    def last_checkpoint(self) -> Optional[str]:
+        pointer = os.path.join(self.output_dir, LAST)
+        if not os.path.isfile(pointer):
+            return None
+        with open(pointer) as f:
+            path = os.path.join(self.output_dir, f.read().strip())
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
+        return path
+
+    def load_checkpoint(self, path: str) -> dict:
+        """Restore model (strict), optimizer and RNG from one of our checkpoints; returns its dict."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        unwrap(self.model).load_state_dict(data["model"])
+        if self.optimizer is not None and "optimizer" in data:
+            self.optimizer.load_state_dict(data["optimizer"])
+        if "rng" in data:
+            set_rng_state(data["rng"])
+        logger.info("Resumed from %s (iteration %d)", path, data.get("iteration", 0))
+        return data
+
+    def resume_or_load(self, weights: str, resume: bool) -> int:
+        """With `resume` and a checkpoint in output_dir: restore it and return its iteration.
+        Otherwise load `weights` (MODEL.WEIGHTS; any format rethink.weights reads) and return 0."""
+        if resume:
+            last = self.last_checkpoint()
+            if last:
+                return int(self.load_checkpoint(last).get("iteration", 0))
+            logger.info("No checkpoint in %s: starting from MODEL.WEIGHTS", self.output_dir)
+        if weights:
+            from ..weights import load_weights
+
+            load_weights(unwrap(self.model), weights)
+        return 0

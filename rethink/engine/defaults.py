@@ -1,0 +1,132 @@
+"""What tools/train.py does, as library code: the detectron2 train_net.py command line, run set-up
+(output dir, seed, logging, saved config) and the per-rank main function."""
+import argparse
+import hashlib
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+
+from ..config import load_config
+from . import comm
+from .checkpoint import Checkpointer, atomic_write_text
+from .launch import launch
+from .trainer import Trainer, evaluate, flatten_results
+
+logger = logging.getLogger(__name__)
+
+
+def default_argument_parser(description: str = "Train or evaluate Mask R-CNN (rethink)") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "--config-file", dest="config", required=True, metavar="FILE", help="config file")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="ranks on this machine: one per GPU, or CPU processes (gloo) with MODEL.DEVICE cpu")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
+    p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8")
+    return p
+
+
+def run_name(config_path: str, overrides) -> str:
+    """A run's directory name from its settings: the config's name, then the overrides."""
+    stem = os.path.splitext(os.path.basename(config_path))[0]
+    pairs = [f"{k.split('.')[-1]}={v}" for k, v in zip(overrides[0::2], overrides[1::2]) if k != "OUTPUT_DIR"]
+    if not pairs:
+        return stem
+    tail = re.sub(r"[^A-Za-z0-9=._,+-]", "", ",".join(pairs))
+    if len(tail) > 80:
+        tail = tail[:64] + "-" + hashlib.sha1(",".join(pairs).encode()).hexdigest()[:8]
+    return f"{stem}/{tail}"
+
+
+def load_run_config(config_path: str, overrides, resume: bool = False):
+    """Resolved config of a run: OUTPUT_DIR defaults to output/<run name>, SEED < 0 is drawn once
+    (or taken from the run's saved config.yaml when resuming), MODEL.DEVICE is checked."""
+    origins = {}
+    cfg = load_config(config_path, overrides, freeze=False, origins=origins)
+    if "OUTPUT_DIR" not in origins:
+        cfg.OUTPUT_DIR = os.path.join("output", run_name(config_path, list(overrides)))
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if cfg.SEED < 0:
+        if resume and os.path.isfile(saved):
+            cfg.SEED = load_config(saved).SEED
+        else:
+            cfg.SEED = int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"{config_path}: MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
+                           "add `MODEL.DEVICE cpu` to run on the CPU")
+    cfg.freeze()
+    return cfg
+
+
+def check_datasets(cfg) -> None:
+    """Fail fast (before any rank starts) when a dataset's files are missing."""
+    from ..data import get_dataset_spec
+
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        get_dataset_spec(name)
+
+
+def setup_logging(output_dir: str = None, rank: int = 0) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_rethink", False):
+            root.removeHandler(h)
+    fmt = logging.Formatter("[%(asctime)s %(name)s%(rank)s] %(message)s".replace("%(rank)s", f" r{rank}" if rank else ""),
+                            datefmt="%m/%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt" if rank == 0 else f"log.txt.rank{rank}")))
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        h._rethink = True
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+
+
+def main_worker(cfg, resume: bool = False, eval_only: bool = False):
+    """What every rank runs: train (optionally resuming) or evaluate. Returns rank 0's results."""
+    setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, _local_world())))
+    if comm.is_main_process():
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        logger.info("Run %s: world size %d, device %s, seed %d", cfg.OUTPUT_DIR, comm.get_world_size(),
+                    cfg.MODEL.DEVICE, cfg.SEED)
+    if eval_only:
+        from ..modeling import build_model
+
+        device = torch.device(cfg.MODEL.DEVICE)
+        model = build_model(cfg).to(device)
+        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume)
+        results = evaluate(cfg, model, device)
+        if comm.is_main_process():
+            logger.info("Evaluation results: %s", flatten_results(results))
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume)
+    trainer.train()
+    return trainer.storage.scalars_at(trainer.completed)
+
+
+def _local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", comm.get_world_size()))
+
+
+def train_main(argv=None):
+    """Entry point of tools/train.py."""
+    args = default_argument_parser().parse_args(argv)
+    setup_logging()
+    cfg = load_run_config(args.config, args.opts, args.resume)
+    check_datasets(cfg)
+    return launch(main_worker, num_processes=args.num_gpus, num_machines=args.num_machines,
+                  machine_rank=args.machine_rank, dist_url=args.dist_url, device=cfg.MODEL.DEVICE,
+                  args=(cfg, args.resume, args.eval_only))

@@ -1,0 +1,170 @@
+"""Hooks that give the training loop its behaviour (detectron2's design): timing, LR schedule,
+checkpoints, PreciseBN, periodic evaluation and metric writers. The loop itself is trainer.py."""
+import logging
+import time
+
+import torch
+
+from . import comm
+from .events import JSONWriter, TensorboardWriter, format_eta
+from .solver import lr_at, set_lr
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """Called by the trainer around training and each step. `self.trainer.iter` is the 0-based step
+    index; `self.trainer.completed` the number of iterations done after that step."""
+
+    trainer = None
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_step(self):
+        pass
+
+    def after_step(self):
+        pass
+
+
+class IterationTimer(HookBase):
+    def before_train(self):
+        self._start = time.perf_counter()
+        self._first_iter = self.trainer.start_iter
+
+    def before_step(self):
+        self._step_start = time.perf_counter()
+
+    def after_step(self):
+        self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+
+    def after_train(self):
+        done = self.trainer.completed - self._first_iter
+        total = time.perf_counter() - self._start
+        if done > 0:
+            logger.info("Trained %d iterations in %s (%.3f s/iter)", done, format_eta(total), total / done)
+
+
+class LRScheduler(HookBase):
+    """Sets the LR of each step from the iteration alone (warm-up, then x GAMMA at each STEP)."""
+
+    def before_step(self):
+        lr = lr_at(self.trainer.cfg, self.trainer.iter)
+        set_lr(self.trainer.optimizer, lr)
+        self.trainer.storage.put_scalar("lr", lr, smoothing=False)
+
+
+class PeriodicCheckpointer(HookBase):
+    """`model_XXXXXXX.pth` every `period` completed iterations (and at any of `extra_iters`),
+    `model_final.pth` at the end."""
+
+    def __init__(self, checkpointer, period: int, extra_iters=()):
+        self.checkpointer, self.period, self.extra_iters = checkpointer, period, set(extra_iters)
+
+    def after_step(self):
+        done, t = self.trainer.completed, self.trainer
+        if done >= t.max_iter:
+            self.checkpointer.save("model_final", done, seed=t.cfg.SEED)
+        elif (self.period > 0 and done % self.period == 0) or done in self.extra_iters:
+            self.checkpointer.save(f"model_{done:07d}", done, seed=t.cfg.SEED)
+
+
+class EvalHook(HookBase):
+    """Runs `eval_fn()` every `period` completed iterations and at the end, puts its flat
+    {"bbox/AP": ...} results into the storage at that iteration. A run resumed at its last iteration
+    (preempted during the final evaluation) evaluates in after_train."""
+
+    def __init__(self, period: int, eval_fn):
+        self.period, self.eval_fn = period, eval_fn
+        self._last = None
+
+    def _do_eval(self):
+        results = self.eval_fn()
+        if results:
+            self.trainer.storage.put_scalars(smoothing=False, **results)
+        self._last = self.trainer.completed
+        comm.synchronize()
+
+    def after_step(self):
+        done = self.trainer.completed
+        if done >= self.trainer.max_iter or (self.period > 0 and done % self.period == 0):
+            self._do_eval()
+
+    def after_train(self):
+        if self._last != self.trainer.completed and self.trainer.completed >= self.trainer.max_iter:
+            self._do_eval()
+
+
+class PreciseBN(HookBase):
+    """Recompute BatchNorm statistics over `num_iter` training batches before each evaluation
+    (TEST.PRECISE_BN), with fvcore's update_bn_stats. Skipped when the model has no BatchNorm."""
+
+    def __init__(self, period: int, model, data_loader_fn, num_iter: int):
+        from fvcore.nn.precise_bn import get_bn_modules
+
+        self.period, self.model, self.data_loader_fn, self.num_iter = period, model, data_loader_fn, num_iter
+        self.enabled = len(get_bn_modules(model)) > 0
+        if not self.enabled:
+            logger.info("PreciseBN is disabled: the model has no trainable BatchNorm")
+
+    def after_step(self):
+        done = self.trainer.completed
+        if self.enabled and (done >= self.trainer.max_iter or (self.period > 0 and done % self.period == 0)):
+            self.update_stats()
+
+    def update_stats(self):
+        from fvcore.nn.precise_bn import update_bn_stats
+
+        logger.info("Recomputing BatchNorm statistics over %d iterations (PreciseBN)", self.num_iter)
+        with torch.no_grad():
+            update_bn_stats(self.model, self.data_loader_fn(self.trainer.completed), self.num_iter)
+
+
+class MetricsWriter(HookBase):
+    """Every `period` iterations, at evaluations and at the end: one line to metrics.jsonl, scalars
+    to TensorBoard, and a console line with losses, lr, s/iter, data time and ETA. Rank 0 only."""
+
+    def __init__(self, output_dir: str, period: int = 20, tensorboard: bool = True):
+        import os
+
+        from .events import METRICS_FILE
+
+        self.period = period
+        self.json = JSONWriter(os.path.join(output_dir, METRICS_FILE))
+        self.tb = TensorboardWriter(output_dir) if tensorboard else None
+        self._written = None
+
+    def after_step(self):
+        done = self.trainer.completed
+        evaluated = any(k.endswith("/AP") for k in self.trainer.storage.scalars_at(done))
+        if done % self.period == 0 or done >= self.trainer.max_iter or evaluated:
+            self.write()
+
+    def write(self):
+        storage, done = self.trainer.storage, self.trainer.completed
+        scalars = storage.scalars_at(done)
+        if "time" in storage.history and len(storage.history["time"]):
+            remaining = self.trainer.max_iter - done
+            scalars["eta_seconds"] = round(storage.median("time") * remaining, 1)
+        self.json.write(done, scalars)
+        if self.tb:
+            self.tb.write(done, scalars)
+        self._written = done
+        losses = "  ".join(f"{k}: {v:.4g}" for k, v in scalars.items() if "loss" in k)
+        aps = "  ".join(f"{k}: {v:.2f}" for k, v in scalars.items() if k.endswith("/AP"))
+        timing = ""
+        if "time" in scalars:
+            timing = f"  time: {scalars['time']:.3f}  data_time: {scalars.get('data_time', 0):.3f}"
+        eta = f"eta: {format_eta(scalars['eta_seconds'])}  " if "eta_seconds" in scalars else ""
+        lr = f"  lr: {scalars['lr']:.5g}" if "lr" in scalars else ""
+        logger.info("%siter: %d/%d  %s%s%s  %s", eta, done, self.trainer.max_iter, losses, timing, lr, aps)
+
+    def after_train(self):
+        if self._written != self.trainer.completed and self.trainer.storage.scalars_at(self.trainer.completed):
+            self.write()
+        if self.tb:
+            self.tb.close()

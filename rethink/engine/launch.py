@@ -1,0 +1,69 @@
+"""Start the ranks of a run: N local processes (one per GPU, or N CPU processes with gloo), or join a
+process group already described by the environment (`env://`: torchrun, SLURM via submitit).
+
+    launch(main, num_processes=8, args=(cfg_args,))
+"""
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+logger = logging.getLogger(__name__)
+TIMEOUT = timedelta(minutes=30)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def init_process_group(backend: str, rank: int, world_size: int, local_rank: int, init_method: str = "env://"):
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=TIMEOUT)
+    dist.barrier()
+
+
+def _worker(local_rank, main, num_processes, machine_rank, num_machines, dist_url, backend, args):
+    rank = machine_rank * num_processes + local_rank
+    init_process_group(backend, rank, num_processes * num_machines, local_rank, dist_url)
+    try:
+        main(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(main, num_processes: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
+           device: str = "cuda", args=()):
+    """Run `main(*args)` in every rank. With the environment of torchrun / SLURM (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT set) this process is one rank and joins via env://; otherwise it spawns
+    `num_processes` local ranks (1 = run in this process, no process group)."""
+    backend = backend_for(device)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        init_process_group(backend, rank, world, local_rank, "env://")
+        try:
+            return main(*args)
+        finally:
+            dist.destroy_process_group()
+    world = num_processes * num_machines
+    if world == 1:
+        return main(*args)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("dist_url='auto' works on one machine only; give tcp://HOST:PORT of machine 0")
+        dist_url = f"tcp://127.0.0.1:{free_port()}"
+    logger.info("Spawning %d ranks (%s, %s)", num_processes, backend, dist_url)
+    mp.start_processes(_worker, nprocs=num_processes, start_method="spawn",
+                       args=(main, num_processes, machine_rank, num_machines, dist_url, backend, args))

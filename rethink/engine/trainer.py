@@ -1,0 +1,217 @@
+"""The training loop (a plain loop + hooks, as detectron2's SimpleTrainer/DefaultTrainer) and
+inference with COCO evaluation.
+
+Determinism: before every step the torch / numpy / python RNGs are re-seeded from (SEED, iteration,
+rank), and the data stream depends only on (SEED, iteration, rank layout). Nothing depends on
+SOLVER.MAX_ITER, so a run resumed or forked at iteration k continues exactly as an uninterrupted run.
+"""
+import logging
+import random
+import time
+from contextlib import nullcontext
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..modeling import build_model
+from . import comm
+from .checkpoint import Checkpointer, unwrap
+from .events import EventStorage
+from .hooks import EvalHook, IterationTimer, LRScheduler, MetricsWriter, PeriodicCheckpointer, PreciseBN
+from .solver import build_optimizer, clip_gradients
+
+logger = logging.getLogger(__name__)
+LOG_PERIOD = 20
+
+
+def seed_step(seed: int, iteration: int, rank: int) -> None:
+    """Seed every RNG for one training step from (seed, iteration, rank) alone."""
+    s = np.random.SeedSequence([seed, iteration, rank]).generate_state(2)
+    torch.manual_seed(int(s[0]))
+    np.random.seed(int(s[1]))
+    random.seed(int(s[1]))
+
+
+def to_device(sample: dict, device) -> tuple:
+    target = {k: v.to(device, non_blocking=True) for k, v in sample["target"].items()}
+    return sample["image"].to(device, non_blocking=True), target
+
+
+class Trainer:
+    """Builds model, optimizer, data and hooks from a resolved config and trains from `start_iter`
+    to SOLVER.MAX_ITER. `resume_or_load(resume)` picks the start; `train()` runs."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        model = build_model(cfg).to(self.device)
+        self.optimizer = build_optimizer(cfg, model)
+        if self.world_size > 1:
+            ids = [comm.get_local_rank()] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        self.model = model
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, self.optimizer, save_to_disk=comm.is_main_process())
+        self.amp = cfg.SOLVER.AMP.ENABLED and self.device.type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and not self.amp:
+            logger.warning("SOLVER.AMP.ENABLED is set but the device is %s: training in float32", self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.start_iter = self.iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.hooks = []
+
+    @property
+    def completed(self) -> int:
+        return self.iter + 1
+
+    def resume_or_load(self, resume: bool = True) -> int:
+        self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume)
+        return self.start_iter
+
+    def build_hooks(self, extra_checkpoints=()) -> List:
+        cfg = self.cfg
+        hooks = [IterationTimer(), LRScheduler()]
+        if cfg.TEST.PRECISE_BN.ENABLED:
+            hooks.append(PreciseBN(cfg.TEST.EVAL_PERIOD, _BNForward(self.model), self._precise_bn_loader,
+                                   cfg.TEST.PRECISE_BN.NUM_ITER))
+        hooks.append(PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra_checkpoints))
+        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, lambda: flatten_results(self.test())))
+        if comm.is_main_process():
+            hooks.append(MetricsWriter(cfg.OUTPUT_DIR, LOG_PERIOD))
+        return hooks
+
+    def register_hooks(self, hooks) -> None:
+        for h in hooks:
+            h.trainer = self
+        self.hooks.extend(hooks)
+
+    def _precise_bn_loader(self, iteration: int):
+        """Training batches for PreciseBN, from a stream of their own (seed offset by the iteration)
+        so the main data order is untouched; yields what the wrapped model takes."""
+        from ..data import build_train_loader
+
+        loader = build_train_loader(self.cfg, self.rank, self.world_size, start_iter=0,
+                                    seed=self.cfg.SEED + 1_000_003 * (iteration + 1))
+        for batch in loader:
+            images, targets = zip(*(to_device(s, self.device) for s in batch))
+            yield _LossInputs(list(images), list(targets))
+
+    def train(self) -> None:
+        from ..data import build_train_loader
+
+        if not self.hooks:
+            self.register_hooks(self.build_hooks())
+        logger.info("Training iterations %d..%d", self.start_iter, self.max_iter)
+        self.data_iter = iter(build_train_loader(self.cfg, self.rank, self.world_size, start_iter=self.start_iter))
+        self.storage = EventStorage(self.start_iter, window=LOG_PERIOD)
+        self.iter = self.start_iter - 1  # `completed` == start_iter before the first step
+        for h in self.hooks:
+            h.before_train()
+        try:
+            for self.iter in range(self.start_iter, self.max_iter):
+                self.storage.iter = self.iter + 1
+                for h in self.hooks:
+                    h.before_step()
+                self.run_step()
+                for h in self.hooks:
+                    h.after_step()
+        finally:
+            for h in self.hooks:
+                h.after_train()
+
+    def run_step(self) -> None:
+        seed_step(self.cfg.SEED, self.iter, self.rank)
+        t0 = time.perf_counter()
+        batch = next(self.data_iter)
+        images, targets = zip(*(to_device(s, self.device) for s in batch))
+        data_time = time.perf_counter() - t0
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        with autocast:
+            loss_dict = self.model(list(images), list(targets))
+        losses = sum(loss_dict.values())
+        reduced = comm.reduce_mean(loss_dict)  # the same values on every rank: all stop together
+        total = sum(reduced.values())
+        if not np.isfinite(total):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in reduced.items())
+            raise FloatingPointError(f"Loss became non-finite at iteration {self.iter + 1}: {terms}. "
+                                     f"The last good checkpoint in {self.cfg.OUTPUT_DIR} is kept.")
+        self.optimizer.zero_grad(set_to_none=True)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.scale(losses).backward()
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.cfg, params)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            losses.backward()
+            clip_gradients(self.cfg, params)
+            self.optimizer.step()
+        self.storage.put_scalars(total_loss=total, **reduced)
+        self.storage.put_scalar("data_time", data_time)
+
+    def test(self) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0."""
+        return evaluate(self.cfg, unwrap(self.model), self.device)
+
+
+class _LossInputs:
+    """A batch for fvcore's update_bn_stats, which calls model(inputs)."""
+
+    def __init__(self, images, targets):
+        self.images, self.targets = images, targets
+
+
+class _BNForward(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: _LossInputs):
+        return self.model(inputs.images, inputs.targets)
+
+
+def inference_on_dataset(model, loader, evaluator, device) -> dict:
+    """Run `model` over this rank's shard of `loader`, feed `evaluator`, return its results."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="inference", disable=not comm.is_main_process(), mininterval=10):
+                images = [s["image"].to(device) for s in batch]
+                outputs = model(images, output_sizes=[(s["height"], s["width"]) for s in batch])
+                outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]
+                evaluator.process([s["image_id"] for s in batch], outputs)
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()
+
+
+def evaluate(cfg, model, device) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{dataset: {"bbox": {...}, "segm": {...}}} on rank 0 ({} elsewhere)."""
+    from ..data import build_test_loader, get_dataset_spec
+    from ..evaluation import COCOEvaluator
+
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    results = {}
+    for name in cfg.DATASETS.TEST:
+        loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())
+        evaluator = COCOEvaluator(get_dataset_spec(name).json_file, backend=cfg.TEST.EVALUATOR, tasks=tasks)
+        results[name] = inference_on_dataset(model, loader, evaluator, device)
+    return results if comm.is_main_process() else {}
+
+
+def flatten_results(results: Dict[str, Dict[str, Dict[str, float]]]) -> Dict[str, float]:
+    """{"bbox/AP": ..} for one test set; "<dataset>/bbox/AP" when there are several."""
+    flat = {}
+    for name, tasks in results.items():
+        prefix = f"{name}/" if len(results) > 1 else ""
+        for task, metrics in (tasks or {}).items():
+            for metric, value in metrics.items():
+                flat[f"{prefix}{task}/{metric}"] = value
+    return flat
