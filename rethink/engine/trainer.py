@@ -207,11 +207,13 @@ def evaluate(cfg, model, device) -> Dict[str, Dict[str, Dict[str, float]]]:
 
 
 def flatten_results(results: Dict[str, Dict[str, Dict[str, float]]]) -> Dict[str, float]:
-    """{"bbox/AP": ..} for one test set; "<dataset>/bbox/AP" when there are several."""
+    """{"bbox/AP": ..} for one test set; "<dataset>/bbox/AP" when there are several. Undefined
+    metrics (None) are left out."""
     flat = {}
     for name, tasks in results.items():
         prefix = f"{name}/" if len(results) > 1 else ""
         for task, metrics in (tasks or {}).items():
             for metric, value in metrics.items():
-                flat[f"{prefix}{task}/{metric}"] = value
+                if value is not None:  # undefined (no ground truth in that slice)
+                    flat[f"{prefix}{task}/{metric}"] = value
     return flat

@@ -1,0 +1,38 @@
+"""COCO evaluation (detectron2 ``COCOEvaluator`` semantics) with faster-coco-eval or pycocotools backends."""
+from .coco import (
+    AP_METRICS,
+    BACKENDS,
+    RESULTS_FILENAME,
+    STAT_NAMES,
+    TASKS,
+    COCOEvaluator,
+    TaskResult,
+    contiguous_id_map,
+    encode_masks,
+    evaluate_coco_results,
+    format_metrics_table,
+    gather_to_main,
+    instances_to_coco_json,
+    load_coco_gt,
+    save_predictions,
+    task_results,
+)
+
+__all__ = [
+    "AP_METRICS",
+    "BACKENDS",
+    "RESULTS_FILENAME",
+    "STAT_NAMES",
+    "TASKS",
+    "COCOEvaluator",
+    "TaskResult",
+    "contiguous_id_map",
+    "encode_masks",
+    "evaluate_coco_results",
+    "format_metrics_table",
+    "gather_to_main",
+    "instances_to_coco_json",
+    "load_coco_gt",
+    "save_predictions",
+    "task_results",
+]

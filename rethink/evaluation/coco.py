@@ -1,0 +1,534 @@
+"""COCO box/mask evaluation with detectron2's ``COCOEvaluator`` semantics.
+
+Two interchangeable backends compute the same numbers:
+
+* ``"faster_coco_eval"`` (default): ``faster_coco_eval.COCO`` + ``COCOeval_faster`` (C++ evaluate/accumulate);
+* ``"pycocotools"``: the reference ``pycocotools.coco.COCO`` + ``pycocotools.cocoeval.COCOeval``.
+
+Conventions (shared with the rest of ``rethink``):
+
+* model labels are contiguous ``1..K``; label ``i`` is the ``i``-th smallest category id of the dataset json
+  (``sorted(cat_ids)[i - 1]``), see :func:`contiguous_id_map`;
+* model outputs are torchvision ``MaskRCNN`` eval outputs already rescaled to the original image size:
+  ``dict(boxes=[N, 4] XYXY abs, scores=[N], labels=[N] int64 in 1..K, masks=[N, 1, H, W] probabilities)``;
+  ``masks`` may be absent when only ``"bbox"`` is evaluated.
+
+Undefined metrics: both backends report ``-1`` for a summary statistic with no ground truth in its slice (e.g.
+``APs`` on a dataset without small objects) and detectron2 turns that into ``NaN``. Here every undefined metric --
+summary or per-category -- is reported as ``None`` (JSON ``null``), identically for both backends, so the metric
+dicts never contain NaN and stay valid strict JSON. Consumers plotting or logging metrics should skip ``None``.
+The raw 12 summary statistics (fractions, ``-1`` where undefined) stay available as ``COCOEvaluator.stats``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("faster_coco_eval", "pycocotools")
+TASKS = ("bbox", "segm")
+#: detectron2's metric names, in the order of the first 6 of COCOeval's 12 summary statistics.
+AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: names of all 12 summary statistics, in COCOeval order.
+STAT_NAMES = AP_METRICS + ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+RESULTS_FILENAME = "coco_instances_results.json"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# predictions -> COCO results
+# --------------------------------------------------------------------------------------------------------------------
+def contiguous_id_map(cat_ids: Iterable[int]) -> Dict[int, int]:
+    """``{contiguous label (1..K): COCO category id}`` with label ``i`` = the ``i``-th smallest category id."""
+    return {i + 1: int(c) for i, c in enumerate(sorted(int(c) for c in cat_ids))}
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def encode_masks(masks: Any, threshold: float = 0.5) -> List[dict]:
+    """Binarize ``masks`` (``[N, 1, H, W]`` or ``[N, H, W]`` probabilities) at ``> threshold`` and RLE-encode them.
+
+    Returns COCO compressed RLEs ``{"size": [H, W], "counts": str}`` (counts decoded to ``str`` for json).
+    """
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach()
+        if masks.dim() == 4:
+            masks = masks[:, 0]
+        binary = (masks > threshold).to(torch.uint8).cpu().numpy()  # threshold on device: 4-8x less to transfer
+    else:
+        masks = np.asarray(masks)
+        if masks.ndim == 4:
+            masks = masks[:, 0]
+        binary = (masks > threshold).astype(np.uint8)
+    if binary.ndim != 3:
+        raise ValueError(f"masks must have shape [N, 1, H, W] or [N, H, W], got {tuple(binary.shape)}")
+    if binary.shape[0] == 0:
+        return []
+    # pycocotools wants a Fortran-ordered uint8 [H, W, N] array.
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("utf-8")
+    return rles
+
+
+def instances_to_coco_json(
+    output: Mapping[str, Any], image_id: int, contiguous_to_cat: Mapping[int, int]
+) -> List[dict]:
+    """Convert one image's model output to COCO result dicts (detectron2's ``instances_to_coco_json``).
+
+    Each dict has ``image_id``, ``category_id`` (COCO id), ``bbox`` (XYWH abs), ``score`` and, when the output has
+    ``masks``, ``segmentation`` (compressed RLE of ``mask > 0.5``). This is the format of
+    ``coco_instances_results.json``; use :func:`task_results` to get the per-task lists fed to the COCO API (the
+    ``segm`` ones carry no ``bbox`` so that mask areas define small/medium/large, as in detectron2).
+    """
+    boxes = _to_numpy(output["boxes"]).astype(np.float64, copy=False).reshape(-1, 4)
+    n = boxes.shape[0]
+    if n == 0:
+        return []
+    scores = _to_numpy(output["scores"]).reshape(-1).tolist()
+    labels = _to_numpy(output["labels"]).reshape(-1).astype(np.int64).tolist()
+    if len(scores) != n or len(labels) != n:
+        raise ValueError(f"image {image_id}: {n} boxes but {len(scores)} scores and {len(labels)} labels")
+    try:
+        cat_ids = [int(contiguous_to_cat[label]) for label in labels]
+    except KeyError as e:
+        raise ValueError(
+            f"image {image_id}: label {e.args[0]} has no COCO category (known labels: "
+            f"{sorted(contiguous_to_cat)}); labels must be contiguous 1..K"
+        ) from None
+    xywh = boxes.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    xywh = xywh.tolist()
+    rles = None
+    if output.get("masks") is not None:
+        rles = encode_masks(output["masks"])
+        if len(rles) != n:
+            raise ValueError(f"image {image_id}: {n} boxes but {len(rles)} masks")
+    image_id = int(image_id)
+    results = []
+    for k in range(n):
+        result = {"image_id": image_id, "category_id": cat_ids[k], "bbox": xywh[k], "score": float(scores[k])}
+        if rles is not None:
+            result["segmentation"] = rles[k]
+        results.append(result)
+    return results
+
+
+def task_results(results: Sequence[Mapping[str, Any]], task: str) -> List[dict]:
+    """Fresh per-task copies of combined COCO results, safe to hand to ``loadRes`` (which mutates them).
+
+    ``"bbox"`` results drop ``segmentation``; ``"segm"`` results drop ``bbox`` (otherwise the COCO API would take
+    the box area as the instance area) and require ``segmentation``.
+    """
+    if task == "bbox":
+        return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    if task == "segm":
+        out = []
+        for r in results:
+            if "segmentation" not in r:
+                raise ValueError(
+                    f"segm evaluation needs masks, but a prediction of image {r.get('image_id')} has none; "
+                    "evaluate tasks=('bbox',) for box-only models"
+                )
+            out.append({k: v for k, v in r.items() if k != "bbox"})
+        return out
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def save_predictions(path: str | os.PathLike, results: Sequence[Mapping[str, Any]]) -> str:
+    """Atomically write COCO results json to ``path`` (temp file in the same folder, fsync, ``os.replace``).
+
+    ``path`` may be a folder, in which case ``coco_instances_results.json`` is written inside it.
+    Returns the file path.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, RESULTS_FILENAME)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(results), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    logger.info("Saved %d COCO results to %s", len(results), path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# backends
+# --------------------------------------------------------------------------------------------------------------------
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown COCO eval backend {backend!r}; expected one of {BACKENDS}")
+    return backend
+
+
+@contextlib.contextmanager
+def _stdout_to_log(level: int = logging.DEBUG):
+    """Capture what the COCO API prints and send it to the logger instead."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield buf
+    finally:
+        text = buf.getvalue().rstrip()
+        if text:
+            logger.log(level, "%s", text)
+
+
+def _coco_class(backend: str):
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+    else:
+        from faster_coco_eval import COCO
+    return COCO
+
+
+def load_coco_gt(json_file: str | os.PathLike, backend: str = "faster_coco_eval"):
+    """Load a COCO ground-truth json into the ``COCO`` class of ``backend`` (printing goes to the logger)."""
+    _check_backend(backend)
+    coco_cls = _coco_class(backend)
+    tic = time.perf_counter()
+    with _stdout_to_log():
+        if backend == "pycocotools":
+            coco = coco_cls(os.fspath(json_file))
+        else:
+            coco = coco_cls(os.fspath(json_file), print_function=logger.debug)
+    logger.info(
+        "Loaded COCO ground truth %s (%d images, %d annotations, %d categories) with %s in %.2f s",
+        json_file, len(coco.imgs), len(coco.anns), len(coco.cats), backend, time.perf_counter() - tic,
+    )
+    return coco
+
+
+def _empty_results(coco_gt, backend: str):
+    """A results ``COCO`` object with no detections (``loadRes([])`` raises in pycocotools, and is not reliable
+    across faster-coco-eval versions)."""
+    with _stdout_to_log():
+        if backend == "pycocotools":
+            res = _coco_class(backend)()
+        else:
+            res = _coco_class(backend)(print_function=logger.debug)
+        res.dataset = {
+            "info": copy.deepcopy(coco_gt.dataset.get("info", {})),
+            "images": list(coco_gt.dataset["images"]),
+            "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
+            "annotations": [],
+        }
+        res.createIndex()
+    return res
+
+
+@dataclass
+class TaskResult:
+    """One task's evaluation: ``metrics`` in percent (detectron2 keys, ``None`` where undefined), the raw 12
+    summary ``stats`` (fractions, ``-1`` where undefined) and the printed ``summary`` table."""
+
+    metrics: "OrderedDict[str, Optional[float]]"
+    stats: np.ndarray
+    summary: str = ""
+    num_results: int = 0
+    seconds: float = 0.0
+
+
+def _percent_or_none(value: float) -> Optional[float]:
+    value = float(value)
+    return value * 100.0 if np.isfinite(value) and value >= 0 else None
+
+
+def evaluate_coco_results(
+    coco_gt,
+    results: Sequence[Mapping[str, Any]],
+    task: str,
+    backend: str = "faster_coco_eval",
+    img_ids: Optional[Sequence[int]] = None,
+    per_category: bool = True,
+) -> TaskResult:
+    """Evaluate COCO results (combined format, see :func:`instances_to_coco_json`) for one ``task``.
+
+    ``coco_gt`` must come from :func:`load_coco_gt` with the same ``backend``. ``img_ids`` restricts the evaluated
+    images (default: every image of the dataset, as detectron2). No results at all is not an error: it scores 0
+    wherever the metric is defined.
+    """
+    _check_backend(backend)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    tic = time.perf_counter()
+    dts = task_results(results, task)
+    known = coco_gt.imgs
+    unknown = {d["image_id"] for d in dts if d["image_id"] not in known}
+    if unknown:
+        raise ValueError(
+            f"predictions for {len(unknown)} image ids not in the ground truth, e.g. {sorted(unknown)[:5]}"
+        )
+
+    if img_ids is not None:
+        img_ids = sorted({int(i) for i in img_ids})
+        missing = [i for i in img_ids if i not in known]
+        if missing:
+            raise ValueError(f"img_ids not in the ground truth: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+    summary_lines: List[str] = []
+    with _stdout_to_log() as buf:
+        coco_dt = coco_gt.loadRes(dts) if dts else _empty_results(coco_gt, backend)
+        if backend == "pycocotools":
+            from pycocotools.cocoeval import COCOeval
+
+            coco_eval = COCOeval(coco_gt, coco_dt, task)
+        else:
+            from faster_coco_eval import COCOeval_faster
+
+            coco_eval = COCOeval_faster(coco_gt, coco_dt, task, print_function=summary_lines.append)
+        if img_ids is not None:
+            coco_eval.params.imgIds = img_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        # log the progress noise at DEBUG and keep only what summarize() prints: the table logged at INFO
+        noise = (buf.getvalue() + "\n".join(summary_lines)).strip()
+        if noise:
+            logger.debug("%s", noise)
+        buf.seek(0)
+        buf.truncate()
+        summary_lines.clear()
+        coco_eval.summarize()
+        summary = buf.getvalue().rstrip() if backend == "pycocotools" else "\n".join(summary_lines)
+        buf.seek(0)
+        buf.truncate()
+
+    stats = np.asarray(coco_eval.stats[:12], dtype=np.float64).copy()
+    metrics: "OrderedDict[str, Optional[float]]" = OrderedDict(
+        (name, _percent_or_none(stats[i])) for i, name in enumerate(AP_METRICS)
+    )
+    if per_category:
+        # detectron2: AP per category at IoU 0.50:0.95, area "all", maxDets 100
+        precision = np.asarray(coco_eval.eval["precision"])  # [T, R, K, A, M]
+        cat_ids = [int(c) for c in coco_eval.params.catIds]
+        for k, cat in enumerate(coco_gt.loadCats(cat_ids)):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            metrics[f"AP-{cat.get('name', cat['id'])}"] = float(p.mean() * 100.0) if p.size else None
+    seconds = time.perf_counter() - tic
+    return TaskResult(metrics=metrics, stats=stats, summary=summary, num_results=len(dts), seconds=seconds)
+
+
+def format_metrics_table(metrics: Mapping[str, Optional[float]], keys: Sequence[str] = AP_METRICS) -> str:
+    """A small two-row markdown table, like detectron2's ``create_small_table``."""
+    keys = [k for k in keys if k in metrics]
+    values = ["-" if metrics[k] is None else f"{metrics[k]:.3f}" for k in keys]
+    widths = [max(len(k), len(v)) for k, v in zip(keys, values)]
+    head = "| " + " | ".join(k.center(w) for k, w in zip(keys, widths)) + " |"
+    rule = "|" + "|".join(":" + "-" * w + ":" for w in widths) + "|"
+    row = "| " + " | ".join(v.center(w) for v, w in zip(values, widths)) + " |"
+    return "\n".join((head, rule, row))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# distributed helpers
+# --------------------------------------------------------------------------------------------------------------------
+_GLOO_GROUP: Tuple[Any, Any] = (None, None)  # (default group it was made for, gloo group)
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _cpu_group():
+    """The group to gather python objects over: the default one when it is gloo, otherwise a cached gloo group
+    (gathering pickles over NCCL would stage them in GPU memory and needs the right current device)."""
+    global _GLOO_GROUP
+    dist = torch.distributed
+    world = dist.group.WORLD
+    if dist.get_backend() == "gloo":
+        return None
+    if _GLOO_GROUP[0] is not world:
+        _GLOO_GROUP = (world, dist.new_group(backend="gloo"))
+    return _GLOO_GROUP[1]
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """Gather a picklable object from every rank to rank 0: the list (rank order) on rank 0, ``None`` elsewhere."""
+    if not _dist_ready() or torch.distributed.get_world_size() == 1:
+        return [obj]
+    dist = torch.distributed
+    group = _cpu_group()
+    rank = dist.get_rank()
+    out = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(obj, out, dst=0, group=group)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# evaluator
+# --------------------------------------------------------------------------------------------------------------------
+class COCOEvaluator:
+    """Accumulates Mask R-CNN outputs and computes COCO AP (detectron2 ``COCOEvaluator`` semantics).
+
+    Usage::
+
+        evaluator = COCOEvaluator("instances_val2017.json")
+        evaluator.reset()
+        for images, targets in loader:
+            evaluator.process([t["image_id"] for t in targets], model(images))
+        results = evaluator.evaluate()  # {"bbox": {"AP": 37.1, ...}, "segm": {...}} on rank 0, {} elsewhere
+
+    Args:
+        json_file: COCO-format ground truth; loaded once per evaluator (lazily, on the evaluating rank only).
+        backend: ``"faster_coco_eval"`` (default) or ``"pycocotools"``; both give the same numbers.
+        tasks: subset of ``("bbox", "segm")``.
+        distributed: when ``torch.distributed`` is initialized, gather predictions to rank 0, which alone evaluates
+            and returns results (other ranks return ``{}``). With ``False`` each rank evaluates its own predictions.
+        output_dir: if set, the evaluating rank saves ``coco_instances_results.json`` there.
+        img_ids: images to evaluate; default every image of the dataset (as detectron2), so images that were not
+            processed count as having no detections. Can also be given to :meth:`evaluate`.
+        contiguous_to_cat: ``{label: COCO category id}``; default :func:`contiguous_id_map` of the json categories.
+        per_category: also report ``"AP-<category name>"`` (as detectron2).
+    """
+
+    def __init__(
+        self,
+        json_file: str | os.PathLike,
+        backend: str = "faster_coco_eval",
+        tasks: Sequence[str] = TASKS,
+        distributed: bool = True,
+        output_dir: Optional[str | os.PathLike] = None,
+        img_ids: Optional[Sequence[int]] = None,
+        contiguous_to_cat: Optional[Mapping[int, int]] = None,
+        per_category: bool = True,
+    ):
+        self.json_file = os.fspath(json_file)
+        self.backend = _check_backend(backend)
+        tasks = tuple(tasks)
+        bad = [t for t in tasks if t not in TASKS]
+        if bad or not tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
+        self.tasks = tasks
+        self.distributed = distributed
+        self.output_dir = None if output_dir is None else os.fspath(output_dir)
+        self.img_ids = None if img_ids is None else [int(i) for i in img_ids]
+        self.per_category = per_category
+        self._contiguous_to_cat = (
+            None if contiguous_to_cat is None else {int(k): int(v) for k, v in contiguous_to_cat.items()}
+        )
+        self._coco_gt = None
+        self._predictions: List[dict] = []
+        #: after :meth:`evaluate` on the evaluating rank: raw 12 summary stats per task, fractions, -1 = undefined
+        self.stats: Dict[str, np.ndarray] = {}
+        #: after :meth:`evaluate` on the evaluating rank: the merged COCO results (combined bbox/segm dicts)
+        self.coco_results: List[dict] = []
+
+    # -- ground truth --------------------------------------------------------------------------------------------
+    @property
+    def coco_gt(self):
+        """The cached ground-truth ``COCO`` object of the backend."""
+        if self._coco_gt is None:
+            self._coco_gt = load_coco_gt(self.json_file, self.backend)
+        return self._coco_gt
+
+    @property
+    def contiguous_to_cat(self) -> Dict[int, int]:
+        if self._contiguous_to_cat is None:
+            if self._coco_gt is not None or not self._is_worker():
+                cat_ids = self.coco_gt.getCatIds()
+            else:  # non-evaluating rank: read the category ids only, do not keep the dataset in memory
+                with open(self.json_file) as f:
+                    cat_ids = [c["id"] for c in json.load(f)["categories"]]
+            self._contiguous_to_cat = contiguous_id_map(cat_ids)
+        return self._contiguous_to_cat
+
+    def _is_worker(self) -> bool:
+        """True on ranks that only send their predictions to rank 0."""
+        return self.distributed and _dist_ready() and torch.distributed.get_rank() != 0
+
+    # -- accumulation --------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._predictions = []
+        self.stats = {}
+        self.coco_results = []
+
+    def process(self, image_ids: Sequence[Any], outputs: Sequence[Mapping[str, Any]]) -> None:
+        """Convert a batch of model outputs (original image size) to COCO results and keep them."""
+        if len(image_ids) != len(outputs):
+            raise ValueError(f"{len(image_ids)} image ids but {len(outputs)} outputs")
+        for image_id, output in zip(image_ids, outputs):
+            image_id = int(image_id.item() if isinstance(image_id, torch.Tensor) else image_id)
+            if "segm" in self.tasks and output.get("masks") is None and len(output["boxes"]) > 0:
+                raise ValueError(
+                    f"image {image_id}: segm evaluation requested but the output has no masks; "
+                    "use tasks=('bbox',) for box-only models"
+                )
+            instances = instances_to_coco_json(output, image_id, self.contiguous_to_cat)
+            self._predictions.append({"image_id": image_id, "instances": instances})
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def _gathered_predictions(self) -> Optional[List[dict]]:
+        if self.distributed and _dist_ready():
+            per_rank = gather_to_main(self._predictions)
+            if per_rank is None:
+                return None
+            predictions = [p for rank_preds in per_rank for p in rank_preds]
+        else:
+            predictions = list(self._predictions)
+        # canonical order (results do not depend on the world size) and one entry per image: samplers that pad
+        # the dataset to a multiple of the world size process some images twice.
+        unique: Dict[int, dict] = {}
+        for p in predictions:
+            unique.setdefault(p["image_id"], p)
+        if len(unique) != len(predictions):
+            logger.info("Dropped %d duplicate image predictions", len(predictions) - len(unique))
+        return [unique[i] for i in sorted(unique)]
+
+    def evaluate(self, img_ids: Optional[Sequence[int]] = None) -> Dict[str, Dict[str, Optional[float]]]:
+        """Gather, then compute ``{task: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<name>"...}}`` in percent.
+
+        Collective when distributed: every rank must call it. Returns ``{}`` on ranks other than 0.
+        """
+        predictions = self._gathered_predictions()
+        if predictions is None:
+            return {}
+        img_ids = self.img_ids if img_ids is None else [int(i) for i in img_ids]
+        results = [r for p in predictions for r in p["instances"]]
+        self.coco_results = results
+        logger.info(
+            "Evaluating %d COCO results on %d predicted images (%s) with %s",
+            len(results), len(predictions),
+            "all images" if img_ids is None else f"{len(img_ids)} selected images", self.backend,
+        )
+        if self.output_dir is not None:
+            save_predictions(os.path.join(self.output_dir, RESULTS_FILENAME), results)
+        if not results:
+            logger.warning("No predictions from the model: every defined metric is 0")
+
+        out: "OrderedDict[str, Dict[str, Optional[float]]]" = OrderedDict()
+        for task in self.tasks:
+            res = evaluate_coco_results(
+                self.coco_gt, results, task, self.backend, img_ids=img_ids, per_category=self.per_category
+            )
+            self.stats[task] = res.stats
+            logger.info("COCO %s summary (%s, %.2f s):\n%s", task, self.backend, res.seconds, res.summary)
+            logger.info("Evaluation results for %s:\n%s", task, format_metrics_table(res.metrics))
+            out[task] = dict(res.metrics)
+        return dict(out)
