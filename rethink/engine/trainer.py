@@ -151,6 +151,7 @@ class Trainer:
             self.optimizer.step()
         self.storage.put_scalars(total_loss=total, **reduced)
         self.storage.put_scalar("data_time", data_time)
+        self.storage.put_scalar("world_size", self.world_size, smoothing=False)
 
     def test(self) -> Dict[str, Dict[str, Dict[str, float]]]:
         """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0."""

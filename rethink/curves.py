@@ -1,0 +1,111 @@
+"""AP-vs-iteration curves as in the paper's Figures 1 and 4: box AP and mask AP against
+iterations (and in units of "1x"), one line per setting (mean over seeds, min-max band), LR drops
+marked, the paper's final number for a matching setting drawn as a star at the end of its schedule."""
+import csv
+import logging
+import os
+from collections import defaultdict
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .paper import lookup
+from .runs import AXES, Run
+
+logger = logging.getLogger(__name__)
+TASKS = (("bbox/AP", "box AP", "box_ap"), ("segm/AP", "mask AP", "mask_ap"))
+
+
+def group_runs(runs: Sequence[Run]) -> Tuple[Dict[str, List[Run]], Dict[str, object]]:
+    """Groups runs by every axis but the seed. Returns ({label: runs}, {axis: value} shared by all):
+    labels name only the axes that vary, the shared ones go to the title."""
+    axes = [r.axes for r in runs]
+    shared = {a: axes[0][a] for a in AXES if a != "seed" and all(x[a] == axes[0][a] for x in axes)}
+    groups: Dict[str, List[Run]] = defaultdict(list)
+    for r, ax in zip(runs, axes):
+        varying = [f"{ax[a]}" if a in ("init", "norm", "schedule") else f"{a}={ax[a]}"
+                   for a in AXES if a != "seed" and a not in shared]
+        groups[" ".join(varying) or "run"].append(r)
+    return dict(sorted(groups.items())), shared
+
+
+def aggregate(runs: List[Run], key: str):
+    """Iterations and (mean, min, max, n) of `key` over the runs (seeds) that have each iteration."""
+    by_iter = defaultdict(list)
+    for r in runs:
+        for m in r.evals(key):
+            by_iter[int(m["iteration"])].append(float(m[key]))
+    its = sorted(by_iter)
+    vals = [by_iter[i] for i in its]
+    return (np.array(its), np.array([np.mean(v) for v in vals]), np.array([min(v) for v in vals]),
+            np.array([max(v) for v in vals]), np.array([len(v) for v in vals]))
+
+
+def reference_for(run: Run):
+    ax = run.axes
+    if ax["train"] != "coco_2017_train" and run.train_images is None:
+        return None
+    return lookup(ax["depth"], ax["norm"], ax["init"], run.schedule_x if run.train_images is None else None,
+                  run.train_images)
+
+
+def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[str, str]:
+    """Writes <out_prefix>.png, .pdf and .csv; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups, shared = group_runs(runs)
+    has_mask = any(r.evals("segm/AP") for r in runs)
+    tasks = TASKS if has_mask else TASKS[:1]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows = {}
+    for t, (key, name, _) in enumerate(tasks):
+        ax = axes[0][t]
+        for g, (label, members) in enumerate(groups.items()):
+            color = colors[g % len(colors)]
+            its, mean, lo, hi, n = aggregate(members, key)
+            if len(its) == 0:
+                continue
+            seeds = len({r.cfg.SEED for r in members})
+            ax.plot(its, mean, "-o", color=color, ms=3, label=f"{label}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
+            if seeds > 1:
+                ax.fill_between(its, lo, hi, color=color, alpha=0.2, lw=0)
+            for step in sorted({s for r in members for s in r.steps}):
+                ax.axvline(step, color=color, ls=":", lw=1)
+            ref = reference_for(members[0])
+            ref_value = getattr(ref, "box_ap" if key == "bbox/AP" else "mask_ap", None) if ref else None
+            if ref_value is not None:
+                ax.plot([members[0].max_iter], [ref_value], "*", color=color, ms=12, mec="black",
+                        label=f"paper {ref.source}: {ref_value}")
+            prefix = TASKS[t][2]
+            for i in range(len(its)):
+                row = rows.setdefault((label, int(its[i])), {
+                    "group": label, "iteration": int(its[i]), "x_1x": round(its[i] / members[0].unit, 6),
+                    "n_seeds": int(n[i])})
+                row[f"{prefix}_mean"], row[f"{prefix}_min"], row[f"{prefix}_max"] = (
+                    round(float(mean[i]), 4), round(float(lo[i]), 4), round(float(hi[i]), 4))
+        unit = next(iter(groups.values()))[0].unit
+        ax.set_xlabel("iterations")
+        ax.set_ylabel(f"{name} (%)")
+        top = ax.secondary_xaxis("top", functions=(lambda x, u=unit: x / u, lambda x, u=unit: x * u))
+        top.set_xlabel('iterations in units of "1x"')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    shared_txt = ", ".join(f"{k}={v}" for k, v in shared.items())
+    fig.suptitle((title + "\n" if title else "") + shared_txt + "   (dotted: LR drops)", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
+    paths = {"png": out_prefix + ".png", "pdf": out_prefix + ".pdf", "csv": out_prefix + ".csv"}
+    fig.savefig(paths["png"], dpi=120)
+    fig.savefig(paths["pdf"])
+    plt.close(fig)
+    fields = ["group", "iteration", "x_1x", "n_seeds"] + [f"{p}_{s}" for _, _, p in tasks for s in ("mean", "min", "max")]
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows[k] for k in sorted(rows))
+    logger.info("Wrote %s", ", ".join(paths.values()))
+    return paths

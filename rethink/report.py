@@ -1,0 +1,60 @@
+"""The results table: one row per run with its axes, final and best box/mask AP, AP50/AP75,
+iterations done, GPU-hours, and the paper's number with the delta where one applies."""
+import csv
+import os
+from typing import Dict, List, Sequence
+
+from .curves import reference_for
+from .runs import AXES, Run
+
+COLUMNS = list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
+                        "mask_AP_best", "mask_AP50", "mask_AP75", "gpu_hours", "paper_box_AP", "delta_box",
+                        "paper_mask_AP", "delta_mask", "paper_source", "run"]
+
+
+def _fmt(v):
+    return "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def run_row(run: Run) -> Dict[str, object]:
+    row: Dict[str, object] = dict(run.axes)
+    row.update(iters_done=run.last_iteration, max_iter=run.max_iter, gpu_hours=round(run.gpu_hours(), 3),
+               run=run.path)
+    for task, short in (("bbox", "box"), ("segm", "mask")):
+        evals = run.evals(f"{task}/AP")
+        if not evals:
+            continue
+        last = evals[-1]
+        row[f"{short}_AP"] = last[f"{task}/AP"]
+        row[f"{short}_AP_best"] = max(e[f"{task}/AP"] for e in evals)
+        row[f"{short}_AP50"] = last.get(f"{task}/AP50")
+        row[f"{short}_AP75"] = last.get(f"{task}/AP75")
+    ref = reference_for(run)
+    if ref is not None:
+        row["paper_source"] = ref.source
+        for short, value in (("box", ref.box_ap), ("mask", ref.mask_ap)):
+            row[f"paper_{short}_AP"] = value
+            if value is not None and row.get(f"{short}_AP") is not None:
+                row[f"delta_{short}"] = round(row[f"{short}_AP"] - value, 2)
+    return row
+
+
+def build_table(runs: Sequence[Run]) -> List[Dict[str, object]]:
+    return sorted((run_row(r) for r in runs), key=lambda r: tuple(str(r[a]) for a in AXES))
+
+
+def write_table(rows: List[Dict[str, object]], out_prefix: str) -> Dict[str, str]:
+    """Writes <out_prefix>.csv and <out_prefix>.md."""
+    os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
+    paths = {"csv": out_prefix + ".csv", "md": out_prefix + ".md"}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in COLUMNS})
+    shown = [c for c in COLUMNS if c != "run" and any(r.get(c) not in (None, "") for r in rows)]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in shown) + " |" for r in rows]
+    with open(paths["md"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return paths

@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""AP-vs-iteration curves and the results table for runs or sweeps.
+
+    python tools/plot_curves.py output/sweeps/paper            # every run below a sweep dir
+    python tools/plot_curves.py output/a output/b --out output/cmp/ap_curves --title "R50 GN"
+
+Writes <out>.png/.pdf/.csv (curves: box and mask AP vs iterations, mean and min-max over seeds, LR
+drops dotted, the paper's number as a star) and <out>_table.md/.csv (one row per run vs the paper).
+"""
+import argparse
+import logging
+import os
+
+from rethink.curves import plot_curves
+from rethink.report import build_table, write_table
+from rethink.runs import find_runs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="run directories or directories holding runs")
+    p.add_argument("--out", help="output prefix (default: <first path>/ap_curves)")
+    p.add_argument("--title", default="")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = args.out or os.path.join(args.paths[0], "ap_curves")
+    runs = find_runs(args.paths)
+    paths = plot_curves(runs, out, args.title)
+    paths.update(write_table(build_table(runs), out + "_table"))
+    logging.info("%d runs -> %s", len(runs), ", ".join(paths.values()))
+
+
+if __name__ == "__main__":
+    main()
