@@ -1,0 +1,134 @@
+"""Named datasets: what DATASETS.TRAIN / DATASETS.TEST refer to.
+
+Built in (paths resolved when asked for, so the environment may change after import):
+
+* ``coco_2017_train``, ``coco_2017_val``: ``<root>/coco/annotations/instances_{train,val}2017.json`` with
+  images in ``<root>/coco/{train,val}2017/``. ``<root>`` is ``$RETHINK_DATASETS``, else
+  ``$DETECTRON2_DATASETS``, else ``./datasets``.
+* Subsets of any other named dataset, by name: ``<base>_<sel>_s<seed>`` with ``<sel>`` a fraction
+  ``1of3`` / ``1of10`` / ``1of100`` (any ``AofB``) or an image count ``35k`` / ``10k`` / ``3.5k`` / ``1k`` /
+  ``1234``, e.g. ``coco_2017_train_1of10_s0``, ``coco_2017_train_10k_s0``. Created on first use in
+  ``$RETHINK_CACHE/subsets/`` (see :mod:`rethink.data.subsets`).
+* ``synthetic_coco_train`` / ``synthetic_coco_val``: a small generated dataset (rethink.data.synthetic),
+  created on first use in ``$RETHINK_CACHE/synthetic/``; for demos and smoke tests.
+* Anything registered with :func:`register_coco_instances`.
+"""
+import difflib
+import logging
+import os
+import re
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from .common import DatasetError, DatasetNotFoundError
+
+logger = logging.getLogger(__name__)
+
+ROOT_ENVS = ("RETHINK_DATASETS", "DETECTRON2_DATASETS")
+BUILTIN_COCO: Dict[str, Tuple[str, str]] = {
+    "coco_2017_train": ("coco/annotations/instances_train2017.json", "coco/train2017"),
+    "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
+}
+SYNTHETIC_NAMES = ("synthetic_coco_train", "synthetic_coco_val")
+SUBSET_RE = re.compile(r"^(?P<base>.+)_(?P<sel>\d+of\d+|\d+(?:\.\d+)?k|\d+)_s(?P<seed>\d+)$")
+
+_REGISTERED: Dict[str, Tuple[str, str]] = {}
+
+
+class DatasetSpec(NamedTuple):
+    """Where a named dataset is. Unpacks as ``json_file, image_root, *_``."""
+    json_file: str
+    image_root: str
+    name: str
+    kind: str  # "builtin", "registered", "subset" or "synthetic"
+    parent: Optional[str] = None  # subsets: the dataset they were drawn from
+    manifest: Optional[str] = None  # subsets: the manifest json beside the subset json
+
+
+def datasets_root() -> Tuple[str, str]:
+    """(absolute datasets root, where it came from)."""
+    for env in ROOT_ENVS:
+        if os.environ.get(env):
+            return os.path.abspath(os.path.expanduser(os.environ[env])), f"${env}"
+    return (os.path.abspath("datasets"),
+            "the default ./datasets (neither $RETHINK_DATASETS nor $DETECTRON2_DATASETS is set)")
+
+
+def register_coco_instances(name: str, json_file: str, image_root: str, overwrite: bool = False) -> None:
+    """Register a COCO-format instance dataset under `name` (usable in DATASETS.TRAIN/TEST, and its
+    subsets as ``<name>_1of10_s0`` etc.). Registering the same paths again is a no-op."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"register_coco_instances: bad dataset name {name!r}")
+    if name in BUILTIN_COCO or name in SYNTHETIC_NAMES:
+        raise DatasetError(f"register_coco_instances: {name} is a built-in dataset name; choose another name")
+    if SUBSET_RE.match(name):
+        raise DatasetError(f"register_coco_instances: {name} looks like a subset name (<base>_<1of10|10k>_s<seed>); "
+                           f"choose another name")
+    entry = (os.path.abspath(os.path.expanduser(json_file)), os.path.abspath(os.path.expanduser(image_root)))
+    if name in _REGISTERED and _REGISTERED[name] != entry and not overwrite:
+        raise DatasetError(f"register_coco_instances: dataset {name} is already registered with {_REGISTERED[name]}, "
+                           f"not {entry} (pass overwrite=True to replace it)")
+    _REGISTERED[name] = entry
+
+
+def unregister(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
+def list_datasets() -> List[str]:
+    """Names known without pattern matching (subset names are derived from these)."""
+    return sorted(set(BUILTIN_COCO) | set(SYNTHETIC_NAMES) | set(_REGISTERED))
+
+
+def _builtin_spec(name: str) -> DatasetSpec:
+    root, source = datasets_root()
+    rel_json, rel_img = BUILTIN_COCO[name]
+    json_file, image_root = os.path.join(root, rel_json), os.path.join(root, rel_img)
+    missing = [p for p in (json_file, image_root) if not os.path.exists(p)]
+    if missing:
+        looked = "\n".join(f"  {p}{'/' if p == image_root else ''} ({'missing' if p in missing else 'found'})"
+                           for p in (json_file, image_root))
+        raise DatasetNotFoundError(
+            f"dataset {name} not found. Looked for:\n{looked}\n"
+            f"The datasets root is {root}, from {source}.\n"
+            f"Fix: set RETHINK_DATASETS (or DETECTRON2_DATASETS) to the folder that holds coco/, laid out as\n"
+            f"  coco/annotations/instances_train2017.json\n  coco/annotations/instances_val2017.json\n"
+            f"  coco/train2017/*.jpg\n  coco/val2017/*.jpg\n"
+            f"or register your own copy with rethink.data.register_coco_instances(name, json_file, image_root).")
+    return DatasetSpec(json_file, image_root, name, "builtin")
+
+
+def _registered_spec(name: str) -> DatasetSpec:
+    json_file, image_root = _REGISTERED[name]
+    if not os.path.isfile(json_file):
+        raise DatasetNotFoundError(f"dataset {name}: annotation file {json_file} not found (registered with "
+                                   f"register_coco_instances)")
+    return DatasetSpec(json_file, image_root, name, "registered")
+
+
+def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
+    """Resolve a dataset name to its files. Subset and synthetic datasets are created on first use
+    (unless create=False, then a missing one is a DatasetNotFoundError)."""
+    if name in _REGISTERED:
+        return _registered_spec(name)
+    if name in BUILTIN_COCO:
+        return _builtin_spec(name)
+    if name in SYNTHETIC_NAMES:
+        from .synthetic import ensure_builtin_synthetic
+
+        paths = ensure_builtin_synthetic(create=create)
+        split = name.rsplit("_", 1)[1]
+        return DatasetSpec(paths[split], paths["image_root_" + split], name, "synthetic")
+    m = SUBSET_RE.match(name)
+    if m and (m.group("base") in _REGISTERED or m.group("base") in BUILTIN_COCO or m.group("base") in SYNTHETIC_NAMES):
+        from .subsets import Selection, ensure_subset
+
+        parent = get_dataset_spec(m.group("base"), create=create)
+        sel = Selection.parse(m.group("sel"))
+        json_file, manifest = ensure_subset(parent.json_file, parent.name, sel, int(m.group("seed")), create=create)
+        return DatasetSpec(json_file, parent.image_root, name, "subset", parent.name, manifest)
+    known = list_datasets()
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise DatasetNotFoundError(
+        f"unknown dataset {name!r}.{hint} Known: {', '.join(known)}; subsets of these as "
+        f"<name>_<1of3|1of10|1of100|35k|10k|3.5k|1k>_s<seed>; or register one with register_coco_instances().")

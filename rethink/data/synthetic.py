@@ -1,0 +1,297 @@
+"""Small deterministic synthetic datasets for tests and demos (no COCO needed).
+
+* :func:`make_synthetic_coco`: a COCO-format instance dataset (train and val splits): images of
+  64..160 px per side with varied aspect ratios, a noisy textured background and non-overlapping filled
+  shapes of 3 classes with non-contiguous category ids (1 rectangle, 3 ellipse, 7 triangle, listed
+  out of order in the json). Shapes are drawn from the very polygons that annotate them. Also:
+  one instance given as a compressed RLE (image 0), one iscrowd instance as an uncompressed RLE
+  (image 1), one non-crowd uncompressed RLE (image 2), one instance made of two polygons (image 3) and
+  one image without annotations (the last one).
+* :func:`make_synthetic_classification`: an ImageFolder tree (``train/<class>/*.png``,
+  ``val/<class>/*.png``) of other shapes (cross, ring, star, hexagon), standing in for ImageNet.
+
+Same arguments => same files (numpy ``Generator(PCG64(SeedSequence([seed, split])))``; PNG output is
+byte-identical, JPEG depends on the Pillow version). ~100 images take well under a few seconds.
+"""
+import logging
+import math
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .common import cache_root, canonical_json_bytes, file_lock
+
+logger = logging.getLogger(__name__)
+
+CATEGORIES = [  # listed out of id order on purpose
+    {"id": 7, "name": "triangle", "supercategory": "shape"},
+    {"id": 1, "name": "rectangle", "supercategory": "shape"},
+    {"id": 3, "name": "ellipse", "supercategory": "shape"},
+]
+CLASSIFICATION_CLASSES = ("cross", "hexagon", "ring", "star")
+SYNTHETIC_VERSION = 1
+BUILTIN_NUM_IMAGES = 96
+BUILTIN_SEED = 0
+
+
+def _background(rng, h: int, w: int) -> np.ndarray:
+    """Low-frequency colour gradient + stripes texture + pixel noise, uint8 HxWx3."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    c0, c1 = rng.uniform(40, 215, size=3), rng.uniform(40, 215, size=3)
+    t = (xx / max(w - 1, 1) * rng.uniform(-1, 1) + yy / max(h - 1, 1) * rng.uniform(-1, 1) + 1) / 2
+    img = c0 + (c1 - c0) * np.clip(t, 0, 1)[..., None]
+    f, ang = rng.uniform(0.1, 0.5), rng.uniform(0, math.pi)
+    img += 12 * np.sin(f * (xx * math.cos(ang) + yy * math.sin(ang)))[..., None]
+    img += rng.normal(0, 10, size=(h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _shape_polygon(rng, cat_id: int, box: Tuple[float, float, float, float]) -> List[float]:
+    x0, y0, x1, y1 = box
+    if cat_id == 1:  # rectangle
+        pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    elif cat_id == 3:  # ellipse, 24 vertices
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        pts = [(cx + rx * math.cos(2 * math.pi * k / 24), cy + ry * math.sin(2 * math.pi * k / 24)) for k in range(24)]
+    else:  # triangle
+        apex = rng.uniform(x0, x1)
+        pts = [(apex, y0), (x1, y1), (x0, y1)]
+    return [round(float(v), 2) for p in pts for v in p]
+
+
+def _poly_mask(polys: List[List[float]], h: int, w: int) -> np.ndarray:
+    m = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(m)
+    for p in polys:
+        d.polygon(list(zip(p[0::2], p[1::2])), fill=1)
+    return np.asarray(m, dtype=np.uint8)
+
+
+def uncompressed_rle(mask: np.ndarray) -> Dict[str, object]:
+    """COCO uncompressed RLE (column-major run lengths starting with a 0-run)."""
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        runs = [0] + runs
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(r) for r in runs]}
+
+
+def compressed_rle(mask: np.ndarray) -> Dict[str, object]:
+    from pycocotools import mask as mask_util
+
+    r = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")}
+
+
+def _place(rng, h, w, taken, min_side=12, tries=30):
+    """A box not overlapping `taken` (with a 2 px gap), or None."""
+    for _ in range(tries):
+        bw = rng.uniform(min_side, max(min_side + 1, 0.5 * w))
+        bh = rng.uniform(min_side, max(min_side + 1, 0.5 * h))
+        x0, y0 = rng.uniform(1, w - bw - 1), rng.uniform(1, h - bh - 1)
+        b = (x0, y0, x0 + bw, y0 + bh)
+        if all(b[2] + 2 < t[0] or t[2] + 2 < b[0] or b[3] + 2 < t[1] or t[3] + 2 < b[1] for t in taken):
+            return b
+    return None
+
+
+def _make_split(out_dir: str, split: str, num_images: int, seed: int, split_idx: int, image_format: str,
+                min_size: int, max_size: int, first_image_id: int, first_ann_id: int) -> str:
+    from pycocotools import mask as mask_util
+
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, split_idx])))
+    img_dir = os.path.join(out_dir, split)
+    os.makedirs(img_dir, exist_ok=True)
+    images, anns = [], []
+    ann_id = first_ann_id
+    cat_ids = [c["id"] for c in CATEGORIES]
+    ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}[image_format.lower()]
+    for i in range(num_images):
+        image_id = first_image_id + 3 * i  # non-contiguous ids
+        w, h = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+        img = _background(rng, h, w)
+        pil = Image.fromarray(img)
+        draw = ImageDraw.Draw(pil)
+        last = i == num_images - 1 and num_images > 1
+        n_inst = 0 if last else int(rng.integers(1, 5))
+        taken = []
+        if i == 1:  # a crowd: a cluster of small ellipses, one iscrowd instance as uncompressed RLE
+            box = _place(rng, h, w, taken, min_side=20)
+            if box is not None:
+                taken.append(box)
+                x0, y0, x1, y1 = box
+                colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+                blobs = []
+                for _ in range(5):
+                    cx, cy = rng.uniform(x0 + 3, x1 - 3), rng.uniform(y0 + 3, y1 - 3)
+                    r = rng.uniform(2, 4)
+                    blobs.append(_shape_polygon(rng, 3, (cx - r, cy - r, cx + r, cy + r)))
+                for p in blobs:
+                    draw.polygon(list(zip(p[0::2], p[1::2])), fill=colour)
+                mask = _poly_mask(blobs, h, w)
+                ys, xs = np.nonzero(mask)
+                anns.append({"id": ann_id, "image_id": image_id, "category_id": 3, "iscrowd": 1,
+                             "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                                      float(ys.max() - ys.min() + 1)],
+                             "segmentation": uncompressed_rle(mask), "area": float(mask.sum())})
+                ann_id += 1
+        for k in range(n_inst):
+            box = _place(rng, h, w, taken)
+            if box is None:
+                break
+            taken.append(box)
+            cat = int(cat_ids[rng.integers(len(cat_ids))])
+            colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            if i == 3 and k == 0:  # one instance made of two polygons: a rectangle cut by a vertical gap
+                cat = 1
+                x0, y0, x1, y1 = box
+                mid = (x0 + x1) / 2
+                polys = [_shape_polygon(rng, 1, (x0, y0, mid - 2, y1)), _shape_polygon(rng, 1, (mid + 2, y0, x1, y1))]
+            else:
+                polys = [_shape_polygon(rng, cat, box)]
+            for p in polys:
+                draw.polygon(list(zip(p[0::2], p[1::2])), fill=colour)
+            xs = [v for p in polys for v in p[0::2]]
+            ys = [v for p in polys for v in p[1::2]]
+            bbox = [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
+            ann = {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": bbox, "iscrowd": 0}
+            if k == 0 and i in (0, 2):  # RLE-encoded non-crowd instances: compressed (0), uncompressed (2)
+                mask = _poly_mask(polys, h, w)
+                ann["segmentation"] = compressed_rle(mask) if i == 0 else uncompressed_rle(mask)
+                ann["area"] = float(mask.sum())
+            else:
+                ann["segmentation"] = polys
+                ann["area"] = round(float(mask_util.area(mask_util.merge(mask_util.frPyObjects(polys, h, w)))), 2)
+            anns.append(ann)
+            ann_id += 1
+        fname = f"{image_id:06d}.{ext}"
+        if ext == "png":
+            pil.save(os.path.join(img_dir, fname), format="PNG", compress_level=1)
+        else:
+            pil.save(os.path.join(img_dir, fname), format="JPEG", quality=92)
+        images.append({"id": image_id, "file_name": fname, "height": h, "width": w, "license": 1})
+    data = {
+        "info": {"description": f"rethink synthetic shapes, {split} split, seed {seed}", "version": "1.0",
+                 "year": 2024},
+        "licenses": [{"id": 1, "name": "CC0", "url": ""}],
+        "categories": CATEGORIES,
+        "images": images,
+        "annotations": anns,
+    }
+    ann_dir = os.path.join(out_dir, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    path = os.path.join(ann_dir, f"instances_{split}.json")
+    with open(path, "wb") as f:
+        f.write(canonical_json_bytes(data))
+    return path
+
+
+def make_synthetic_coco(out_dir: str, num_images: int = 64, seed: int = 0, num_val: Optional[int] = None,
+                        image_format: str = "png", min_size: int = 64, max_size: int = 160) -> Dict[str, str]:
+    """Write a synthetic COCO instance dataset under `out_dir`:
+    ``annotations/instances_{train,val}.json``, ``train/*.png``, ``val/*.png``. `num_val` defaults to
+    max(4, num_images // 4). Returns {"train", "val": json paths, "image_root_train", "image_root_val"}."""
+    if num_images < 1:
+        raise ValueError("make_synthetic_coco: num_images must be >= 1")
+    num_val = max(4, num_images // 4) if num_val is None else num_val
+    out_dir = os.path.abspath(out_dir)
+    train = _make_split(out_dir, "train", num_images, seed, 0, image_format, min_size, max_size, 1, 1)
+    val = _make_split(out_dir, "val", num_val, seed, 1, image_format, min_size, max_size, 100001, 1000001)
+    return {"train": train, "val": val, "image_root_train": os.path.join(out_dir, "train"),
+            "image_root_val": os.path.join(out_dir, "val")}
+
+
+def register_synthetic_coco(name: str, out_dir: str, num_images: int = 64, seed: int = 0, **kwargs) -> Dict[str, str]:
+    """make_synthetic_coco (if its files are not there yet) and register ``<name>_train``/``<name>_val``."""
+    from .catalog import register_coco_instances
+
+    paths = {"train": os.path.join(out_dir, "annotations", "instances_train.json"),
+             "val": os.path.join(out_dir, "annotations", "instances_val.json"),
+             "image_root_train": os.path.join(os.path.abspath(out_dir), "train"),
+             "image_root_val": os.path.join(os.path.abspath(out_dir), "val")}
+    if not (os.path.isfile(paths["train"]) and os.path.isfile(paths["val"])):
+        paths = make_synthetic_coco(out_dir, num_images, seed, **kwargs)
+    register_coco_instances(f"{name}_train", paths["train"], paths["image_root_train"])
+    register_coco_instances(f"{name}_val", paths["val"], paths["image_root_val"])
+    return paths
+
+
+def ensure_builtin_synthetic(create: bool = True) -> Dict[str, str]:
+    """The files behind ``synthetic_coco_train``/``synthetic_coco_val`` (96 + 24 images, seed 0) in
+    ``$RETHINK_CACHE/synthetic/``; made once, by one process, published by rename."""
+    from .common import DatasetNotFoundError
+
+    d = os.path.join(cache_root(), "synthetic", f"coco_v{SYNTHETIC_VERSION}_n{BUILTIN_NUM_IMAGES}_s{BUILTIN_SEED}")
+    done = os.path.join(d, "DONE")
+    if not os.path.isfile(done):
+        if not create:
+            raise DatasetNotFoundError(f"synthetic dataset not generated yet: {d}")
+        with file_lock(d + ".lock"):
+            if not os.path.isfile(done):
+                os.makedirs(os.path.dirname(d), exist_ok=True)
+                tmp = tempfile.mkdtemp(prefix=os.path.basename(d) + ".tmp-", dir=os.path.dirname(d))
+                try:
+                    make_synthetic_coco(tmp, BUILTIN_NUM_IMAGES, BUILTIN_SEED)
+                    with open(os.path.join(tmp, "DONE"), "w") as f:
+                        f.write("ok\n")
+                    shutil.rmtree(d, ignore_errors=True)
+                    os.rename(tmp, d)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                logger.info("generated the synthetic COCO dataset in %s", d)
+    return {"train": os.path.join(d, "annotations", "instances_train.json"),
+            "val": os.path.join(d, "annotations", "instances_val.json"),
+            "image_root_train": os.path.join(d, "train"), "image_root_val": os.path.join(d, "val")}
+
+
+# ------------------------------------------------------------------------------------------------
+# classification (ImageNet stand-in)
+# ------------------------------------------------------------------------------------------------
+def _class_polygons(cls: str, cx: float, cy: float, r: float, rot: float) -> List[List[Tuple[float, float]]]:
+    def rotp(pts):
+        c, s = math.cos(rot), math.sin(rot)
+        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+    if cls == "cross":
+        t = r * 0.35
+        return [rotp([(-r, -t), (r, -t), (r, t), (-r, t)]), rotp([(-t, -r), (t, -r), (t, r), (-t, r)])]
+    if cls == "hexagon":
+        return [rotp([(r * math.cos(k * math.pi / 3), r * math.sin(k * math.pi / 3)) for k in range(6)])]
+    if cls == "star":
+        return [rotp([((r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5 - math.pi / 2),
+                       (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5 - math.pi / 2)) for k in range(10)])]
+    raise ValueError(cls)
+
+
+def make_synthetic_classification(out_dir: str, num_per_class: int = 16, seed: int = 0,
+                                  num_val_per_class: Optional[int] = None, size: int = 64) -> Dict[str, object]:
+    """ImageFolder tree ``<out_dir>/{train,val}/<class>/<k>.png`` with classes cross, hexagon, ring, star.
+    Returns {"train": dir, "val": dir, "classes": [...]}."""
+    num_val_per_class = max(2, num_per_class // 4) if num_val_per_class is None else num_val_per_class
+    out_dir = os.path.abspath(out_dir)
+    for split_idx, (split, n) in enumerate((("train", num_per_class), ("val", num_val_per_class))):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 100 + split_idx])))
+        for cls in CLASSIFICATION_CLASSES:
+            d = os.path.join(out_dir, split, cls)
+            os.makedirs(d, exist_ok=True)
+            for k in range(n):
+                pil = Image.fromarray(_background(rng, size, size))
+                draw = ImageDraw.Draw(pil)
+                r = rng.uniform(0.2, 0.4) * size
+                cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+                colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+                rot = rng.uniform(0, 2 * math.pi)
+                if cls == "ring":
+                    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r * 0.3)))
+                else:
+                    for p in _class_polygons(cls, cx, cy, r, rot):
+                        draw.polygon(p, fill=colour)
+                pil.save(os.path.join(d, f"{k:05d}.png"), format="PNG", compress_level=1)
+    return {"train": os.path.join(out_dir, "train"), "val": os.path.join(out_dir, "val"),
+            "classes": list(CLASSIFICATION_CLASSES)}

@@ -1,0 +1,208 @@
+"""Per-image transforms and the dataset mappers (detectron2's DatasetMapper semantics).
+
+Training: resize the shortest edge to a size drawn from INPUT.MIN_SIZE_TRAIN ("choice": one of the
+values; "range": a uniform integer in [min, max]), capped so the long edge is <= INPUT.MAX_SIZE_TRAIN
+(detectron2's ``ResizeShortestEdge.get_output_shape``, rounding ``int(x + 0.5)``, bilinear image
+resize with PIL), then a horizontal flip with probability 0.5 when INPUT.RANDOM_FLIP is "horizontal".
+The draws come from the per-sample generator the loader passes in, in this order: size, flip.
+Test: shortest edge INPUT.MIN_SIZE_TEST (0 = no resize), long edge <= INPUT.MAX_SIZE_TEST, no flip.
+
+Mapped sample (a dict):
+    image     float32 [3, H, W], 0..255, channel order INPUT.FORMAT ("BGR" default, as detectron2)
+    target    (training) {"boxes": float32 [N, 4] XYXY in the resized image, "labels": int64 [N] in
+              1..K, "masks": uint8 [N, H, W] (only with MODEL.MASK_ON)}; crowd instances excluded,
+              boxes clipped to the image, instances with an empty box after the transform removed
+    image_id, height, width   ORIGINAL image id and size (to rescale test outputs)
+    file_name, aug            path; {"short_edge", "flip", "size": (H, W)} of the applied transform
+"""
+import logging
+import warnings
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .common import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+def resize_shape(h: int, w: int, short_edge: int, max_size: int) -> Tuple[int, int]:
+    """(new_h, new_w) for resizing the shortest edge of an h x w image to `short_edge` with the long
+    edge capped at `max_size` (detectron2 ``ResizeShortestEdge.get_output_shape``)."""
+    size = short_edge * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        newh, neww = size, scale * w
+    else:
+        newh, neww = scale * h, size
+    if max_size > 0 and max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def sample_short_edge(rng: np.random.Generator, sizes: Sequence[int], sampling: str) -> int:
+    sizes = [int(s) for s in sizes]
+    if sampling == "choice":
+        return sizes[int(rng.integers(len(sizes)))]
+    if sampling == "range":
+        if len(sizes) != 2:
+            raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING 'range' needs (min, max), got {sizes}")
+        return int(rng.integers(sizes[0], sizes[1] + 1))
+    raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}")
+
+
+def read_image(path: str, fmt: str, expected_hw: Tuple[int, int], image_id: int, dataset: str) -> np.ndarray:
+    """HxWx3 uint8 in `fmt` ("BGR"/"RGB"), EXIF orientation applied (as detectron2's read_image);
+    errors name the file and the image id."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            arr = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found (image id {image_id} of dataset {dataset})") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read image id {image_id} of dataset {dataset}: {e}") from None
+    if arr.shape[:2] != tuple(expected_hw):
+        raise DatasetError(f"{path}: image id {image_id} of dataset {dataset} is {arr.shape[0]}x{arr.shape[1]} "
+                           f"(h x w) but the annotations say {expected_hw[0]}x{expected_hw[1]}")
+    if fmt == "BGR":
+        arr = arr[:, :, ::-1]
+    elif fmt != "RGB":
+        raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {fmt!r}")
+    return arr
+
+
+def resize_image(img: np.ndarray, newh: int, neww: int) -> np.ndarray:
+    if img.shape[:2] == (newh, neww):
+        return img
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((neww, newh), Image.BILINEAR))
+
+
+def transform_boxes(xywh: np.ndarray, h: int, w: int, newh: int, neww: int, flip: bool) -> np.ndarray:
+    """XYWH boxes in the original image -> XYXY float32 in the resized (and flipped) image, clipped."""
+    b = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+    sx, sy = neww / w, newh / h
+    x1, y1 = b[:, 0] * sx, b[:, 1] * sy
+    x2, y2 = (b[:, 0] + b[:, 2]) * sx, (b[:, 1] + b[:, 3]) * sy
+    if flip:
+        x1, x2 = neww - x2, neww - x1
+    out = np.stack([x1, y1, x2, y2], axis=1)
+    out[:, 0::2] = out[:, 0::2].clip(0, neww)
+    out[:, 1::2] = out[:, 1::2].clip(0, newh)
+    return out.astype(np.float32)
+
+
+def transform_polygon(poly: np.ndarray, h: int, w: int, newh: int, neww: int, flip: bool) -> np.ndarray:
+    p = np.asarray(poly, dtype=np.float64).reshape(-1, 2).copy()
+    p[:, 0] *= neww / w
+    p[:, 1] *= newh / h
+    if flip:
+        p[:, 0] = neww - p[:, 0]
+    return p.reshape(-1)
+
+
+def _decode(rle) -> np.ndarray:
+    """pycocotools' decode, without its numpy-2 ``__array__`` DeprecationWarning on every call."""
+    from pycocotools import mask as mask_util
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*__array__ implementation.*")
+        return mask_util.decode(rle)
+
+
+def polygons_to_mask(polys: List[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Rasterise polygons (already in output coordinates) like detectron2 (pycocotools frPyObjects,
+    merge, decode); uint8 HxW."""
+    from pycocotools import mask as mask_util
+
+    rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64) for p in polys], height, width)
+    return _decode(mask_util.merge(rles)).astype(np.uint8)
+
+
+def rle_to_mask(rle: Dict, newh: int, neww: int, flip: bool) -> np.ndarray:
+    """Decode an RLE at its own size, resize (nearest) to (newh, neww), flip."""
+    m = _decode(rle).astype(np.uint8)
+    if m.shape != (newh, neww):
+        m = np.asarray(Image.fromarray(m).resize((neww, newh), Image.NEAREST))
+    if flip:
+        m = m[:, ::-1]
+    return np.ascontiguousarray(m)
+
+
+def to_chw_float(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(torch.float32)
+
+
+class DatasetMapper:
+    """Maps (dataset, image row, generator) to a sample dict; see the module doc."""
+
+    def __init__(self, cfg, is_train: bool):
+        self.is_train = is_train
+        self.format = cfg.INPUT.FORMAT
+        self.mask_on = bool(cfg.MODEL.MASK_ON)
+        if is_train:
+            self.sizes = tuple(int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN)
+            self.sampling = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+            self.max_size = int(cfg.INPUT.MAX_SIZE_TRAIN)
+            if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
+                raise ValueError(f"INPUT.RANDOM_FLIP {cfg.INPUT.RANDOM_FLIP!r} is not supported ('horizontal', 'none')")
+            self.flip_prob = 0.5 if cfg.INPUT.RANDOM_FLIP == "horizontal" else 0.0
+            sample_short_edge(np.random.default_rng(0), self.sizes, self.sampling)  # validate early
+        else:
+            self.sizes = (int(cfg.INPUT.MIN_SIZE_TEST),)
+            self.sampling = "choice"
+            self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
+            self.flip_prob = 0.0
+
+    def draw(self, rng: np.random.Generator) -> Tuple[int, bool]:
+        """The random choices of one sample, in a fixed order: short edge, then flip."""
+        short = sample_short_edge(rng, self.sizes, self.sampling) if self.is_train else self.sizes[0]
+        flip = bool(rng.random() < self.flip_prob) if self.flip_prob > 0 else False
+        return short, flip
+
+    def __call__(self, dataset, i: int, rng: np.random.Generator = None) -> Dict[str, object]:
+        index = dataset.index
+        image_id = index.image_id(i)
+        h, w = int(index.a["height"][i]), int(index.a["width"][i])
+        path = dataset.image_path(i)
+        short, flip = self.draw(rng) if rng is not None else (self.sizes[0], False)
+        if short > 0:
+            newh, neww = resize_shape(h, w, short, self.max_size)
+        else:
+            newh, neww = h, w
+        img = read_image(path, self.format, (h, w), image_id, dataset.name)
+        img = resize_image(img, newh, neww)
+        if flip:
+            img = img[:, ::-1]
+        out = {"image": to_chw_float(img), "image_id": image_id, "height": h, "width": w, "file_name": path,
+               "aug": {"short_edge": short, "flip": flip, "size": (newh, neww)}}
+        if self.is_train:
+            out["target"] = self._target(dataset, i, h, w, newh, neww, flip)
+        return out
+
+    def _target(self, dataset, i, h, w, newh, neww, flip) -> Dict[str, torch.Tensor]:
+        index = dataset.index
+        anns = index.annotations(i, with_segmentation=False)
+        rows = np.arange(index.ann_rows(i).start, index.ann_rows(i).stop)
+        keep = anns["iscrowd"] == 0
+        boxes = transform_boxes(anns["bbox"][keep], h, w, newh, neww, flip)
+        nonempty = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+        rows, boxes, labels = rows[keep][nonempty], boxes[nonempty], anns["label"][keep][nonempty]
+        target = {"boxes": torch.from_numpy(boxes.reshape(-1, 4)),
+                  "labels": torch.from_numpy(labels.astype(np.int64))}
+        if self.mask_on:
+            masks = np.zeros((len(rows), newh, neww), dtype=np.uint8)
+            for k, r in enumerate(rows):
+                seg = index.segmentation(int(r))
+                if seg is None:
+                    raise DatasetError(f"{dataset.json_file}: annotation id {int(index.a['ann_id'][r])} (image id "
+                                       f"{index.image_id(i)}) has no segmentation, which MODEL.MASK_ON needs")
+                if isinstance(seg, dict):
+                    masks[k] = rle_to_mask(seg, newh, neww, flip)
+                else:
+                    masks[k] = polygons_to_mask([transform_polygon(p, h, w, newh, neww, flip) for p in seg], newh, neww)
+            target["masks"] = torch.from_numpy(masks)
+        return target

@@ -1,0 +1,171 @@
+"""rethink.data: every bad input is a clear error naming the file and the id, or is dropped and counted."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rethink.config import get_cfg
+from rethink.data.coco import CocoDataset, load_coco_index, rle_string_to_counts
+from rethink.data.common import DatasetError
+from rethink.data.synthetic import compressed_rle, uncompressed_rle
+from rethink.data.transforms import DatasetMapper
+
+H, W = 40, 60
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETHINK_CACHE", str(tmp_path / "cache"))
+
+
+def ann(aid, **kw):
+    a = {"id": aid, "image_id": 7, "category_id": 1, "bbox": [5.0, 5.0, 20.0, 10.0], "iscrowd": 0, "area": 200.0,
+         "segmentation": [[5.0, 5.0, 25.0, 5.0, 25.0, 15.0, 5.0, 15.0]]}
+    a.update(kw)
+    return a
+
+
+def write(tmp_path, anns, images=None, name="bad.json"):
+    images = images if images is not None else [{"id": 7, "file_name": "im7.png", "height": H, "width": W}]
+    data = {"info": {}, "images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "a"}, {"id": 5, "name": "b"}]}
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def expect(path, *parts):
+    with pytest.raises(DatasetError) as e:
+        load_coco_index(path)
+    msg = str(e.value)
+    assert path in msg, msg
+    for p in parts:
+        assert p in msg, msg
+    return msg
+
+
+def test_malformed_json_names_file_and_position(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [],\n  "annotations": [,]\n}')
+    expect(str(path), "not valid JSON", "line 2 column 19")
+
+
+def test_unknown_category_id(tmp_path):
+    expect(write(tmp_path, [ann(1), ann(17, category_id=99)]), "annotation id 17", "category_id 99",
+           "not in 'categories'", "[1, 5]")
+
+
+def test_unknown_image_id(tmp_path):
+    expect(write(tmp_path, [ann(18, image_id=555)]), "annotation id 18", "image_id 555", "not in 'images'")
+
+
+def test_uncompressed_rle_bad_sum(tmp_path):
+    rle = {"size": [H, W], "counts": [10, 20, H * W - 31]}
+    expect(write(tmp_path, [ann(19, segmentation=rle, iscrowd=1)]), "annotation id 19", "image id 7",
+           f"sum to {H * W - 1}", f"{H}*{W} = {H * W}")
+
+
+def test_rle_size_mismatch(tmp_path):
+    rle = uncompressed_rle(np.ones((10, 10), np.uint8))
+    expect(write(tmp_path, [ann(20, segmentation=rle, iscrowd=1)]), "annotation id 20",
+           "RLE size [10, 10] does not match the image size [40, 60]")
+
+
+def test_compressed_rle_bad_sum(tmp_path):
+    m = np.zeros((20, 30), np.uint8)
+    m[2:5, 3:9] = 1
+    rle = compressed_rle(m)
+    rle["size"] = [H, W]  # counts describe 600 pixels, not 2400
+    expect(write(tmp_path, [ann(21, segmentation=rle)]), "annotation id 21", "compressed RLE counts sum to 600")
+    rle["counts"] = "ab\x01"
+    expect(write(tmp_path, [ann(22, segmentation=rle)], name="b2.json"), "annotation id 22", "malformed")
+
+
+def test_rle_string_decoder_matches_pycocotools():
+    m = (np.random.default_rng(0).random((23, 17)) > 0.6).astype(np.uint8)
+    ref = uncompressed_rle(m)["counts"]
+    assert rle_string_to_counts(compressed_rle(m)["counts"].encode()) == ref
+
+
+def test_other_field_errors(tmp_path):
+    im = {"id": 7, "file_name": "im7.png", "height": H, "width": W}
+    expect(write(tmp_path, [], images=[im, dict(im)]), "image id 7 appears twice")
+    expect(write(tmp_path, [], images=[{"id": 8, "height": H, "width": W}], name="b1.json"), "image id 8",
+           "'file_name'")
+    expect(write(tmp_path, [ann(3), ann(3)], name="b2.json"), "annotation id 3 appears twice")
+    expect(write(tmp_path, [ann(4, bbox=[1, 2, 3])], name="b3.json"), "annotation id 4", "'bbox'")
+    expect(write(tmp_path, [ann(5, bbox=[1, 2, "3", 4])], name="b4.json"), "annotation id 5", "'bbox'")
+    expect(write(tmp_path, [ann(6, segmentation=[[1, 2, 3, None, 5, 6]])], name="b5.json"), "annotation id 6",
+           "polygon coordinates")
+    expect(write(tmp_path, [ann(9, iscrowd=2)], name="b6.json"), "annotation id 9", "'iscrowd'")
+
+
+def test_invalid_polygons_and_boxes_dropped_and_counted(tmp_path, caplog):
+    sq = [5.0, 5.0, 25.0, 5.0, 25.0, 15.0, 5.0, 15.0]
+    anns = [
+        ann(1),
+        ann(2, segmentation=[sq, [1.0, 2.0, 3.0, 4.0]]),  # one short polygon dropped, instance kept
+        ann(3, segmentation=[[1.0, 2.0, 3.0, 4.0]]),  # its only polygon is too short: instance dropped
+        ann(4, segmentation=[sq, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]),  # odd length polygon dropped
+        ann(5, bbox=[10.0, 10.0, 0.0, 5.0]),  # zero width
+        ann(6, bbox=[70.0, 10.0, 5.0, 5.0]),  # outside the 60 px wide image: empty after clipping
+        ann(7, image_id=8, bbox=[1.0, 1.0, -3.0, 2.0]),  # negative width: image 8 is left without instances
+        ann(8, segmentation=[]),  # no polygon at all
+    ]
+    images = [{"id": 7, "file_name": "im7.png", "height": H, "width": W},
+              {"id": 8, "file_name": "im8.png", "height": H, "width": W}]
+    path = write(tmp_path, anns, images)
+    with caplog.at_level(logging.WARNING, logger="rethink.data.coco"):
+        idx = load_coco_index(path, "dropme")
+        load_coco_index(path, "dropme")
+    assert idx.meta["dropped"] == {"polygons_too_few_points": 2, "polygons_odd_length": 1,
+                                   "instances_without_valid_segmentation": 2, "degenerate_boxes": 3}
+    assert list(idx.annotations(0)["ann_id"]) == [1, 2, 4]
+    assert [len(s) for s in idx.annotations(0)["segmentation"]] == [1, 1, 1]
+    assert list(idx.usable_mask()) == [True, False]
+    logs = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(logs) == 1  # once per dataset
+    assert "dropme" in logs[0] and path in logs[0] and "2 polygons with < 3 points" in logs[0]
+    assert "3 degenerate boxes" in logs[0] and "2 instances left without a valid polygon" in logs[0]
+
+
+def _cfg(*extra):
+    cfg = get_cfg()
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", (H,), "INPUT.MAX_SIZE_TRAIN", 1000, "MODEL.MASK_ON", True,
+                         "DATALOADER.NUM_WORKERS", 0, "SEED", 0, *extra])
+    return cfg
+
+
+def test_missing_image_file_is_lazy_and_named(tmp_path):
+    path = write(tmp_path, [ann(1)])
+    ds = CocoDataset("lazy", path, str(tmp_path / "imgs"))  # no error yet: images are read lazily
+    mapper = DatasetMapper(_cfg(), is_train=True)
+    with pytest.raises(DatasetError) as e:
+        mapper(ds, 0, np.random.default_rng(0))
+    msg = str(e.value)
+    assert os.path.join(str(tmp_path / "imgs"), "im7.png") in msg and "image id 7" in msg and "lazy" in msg
+    with pytest.raises(DatasetError) as e:
+        CocoDataset("lazy", path, str(tmp_path / "imgs"), verify_images=True)
+    assert "1 of 1 image files are missing" in str(e.value) and "im7.png (image id 7)" in str(e.value)
+
+
+def test_image_size_mismatch_and_missing_segmentation(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "imgs" / "im7.png")
+    path = write(tmp_path, [ann(1)])
+    ds = CocoDataset("sz", path, str(tmp_path / "imgs"))
+    with pytest.raises(DatasetError, match=r"im7.png: image id 7 of dataset sz is 41x60 \(h x w\) but the "
+                                           r"annotations say 40x60"):
+        DatasetMapper(_cfg(), is_train=True)(ds, 0, np.random.default_rng(0))
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "imgs" / "im7.png")
+    a = ann(31)
+    del a["segmentation"]
+    path = write(tmp_path, [a], name="noseg.json")
+    ds = CocoDataset("noseg", path, str(tmp_path / "imgs"))
+    with pytest.raises(DatasetError, match="annotation id 31 .image id 7. has no segmentation"):
+        DatasetMapper(_cfg(), is_train=True)(ds, 0, np.random.default_rng(0))
+    s = DatasetMapper(_cfg("MODEL.MASK_ON", False), is_train=True)(ds, 0, np.random.default_rng(0))
+    assert "masks" not in s["target"] and s["target"]["boxes"].shape == (1, 4)
