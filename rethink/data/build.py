@@ -16,7 +16,7 @@ iteration, rank, world_size) -- not on SOLVER.MAX_ITER nor DATALOADER.NUM_WORKER
 """
 import hashlib
 import logging
-from typing import Dict, List
+from typing import Optional, Dict, List
 
 import numpy as np
 import torch
@@ -136,7 +136,8 @@ class TrainLoader:
     """Infinite iterator of this rank's per-iteration sample lists. ``iteration`` is the number of
     batches consumed so far (start_iter + yielded); resume with ``start_iter=iteration``."""
 
-    def __init__(self, cfg, rank: int, world_size: int, start_iter: int = 0, verify_images: bool = False):
+    def __init__(self, cfg, rank: int, world_size: int, start_iter: int = 0, verify_images: bool = False,
+                 seed: Optional[int] = None):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world size {world_size}")
         B = int(cfg.SOLVER.IMS_PER_BATCH)
@@ -145,7 +146,7 @@ class TrainLoader:
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             raise ValueError(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not implemented "
                              f"(only 'TrainingSampler')")
-        self.seed = data_seed(cfg)
+        self.seed = data_seed(cfg) if seed is None else int(seed)
         self.rank, self.world_size, self.ims_per_batch, self.per_rank = rank, world_size, B, B // world_size
         self.num_workers = int(cfg.DATALOADER.NUM_WORKERS)
         self.train_set = TrainingSet(list(cfg.DATASETS.TRAIN), bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
@@ -183,9 +184,11 @@ class TrainLoader:
         return [next(sampler) for _ in range(num)]
 
 
-def build_train_loader(cfg, rank: int = 0, world_size: int = 1, start_iter: int = 0) -> TrainLoader:
-    """The training loader of this rank (see the module doc)."""
-    return TrainLoader(cfg, rank, world_size, start_iter)
+def build_train_loader(cfg, rank: int = 0, world_size: int = 1, start_iter: int = 0,
+                       seed: Optional[int] = None) -> TrainLoader:
+    """The training loader of this rank (see the module doc); `seed` overrides cfg.SEED (PreciseBN
+    draws its batches from a stream of its own)."""
+    return TrainLoader(cfg, rank, world_size, start_iter, seed=seed)
 
 
 class _TestMapDataset(Dataset):

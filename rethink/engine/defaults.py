@@ -47,7 +47,7 @@ def run_name(config_path: str, overrides) -> str:
 
 def load_run_config(config_path: str, overrides, resume: bool = False):
     """Resolved config of a run: OUTPUT_DIR defaults to output/<run name>, SEED < 0 is drawn once
-    (or taken from the run's saved config.yaml when resuming), MODEL.DEVICE is checked."""
+    (or taken from the run's saved config.yaml when resuming)."""
     origins = {}
     cfg = load_config(config_path, overrides, freeze=False, origins=origins)
     if "OUTPUT_DIR" not in origins:
@@ -58,19 +58,20 @@ def load_run_config(config_path: str, overrides, resume: bool = False):
             cfg.SEED = load_config(saved).SEED
         else:
             cfg.SEED = int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{config_path}: MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
-                           "add `MODEL.DEVICE cpu` to run on the CPU")
     cfg.freeze()
     return cfg
 
 
-def check_datasets(cfg) -> None:
-    """Fail fast (before any rank starts) when a dataset's files are missing."""
+def check_run(cfg, eval_only: bool = False) -> None:
+    """Fail fast, before any rank starts: missing dataset files (named), then a CUDA device that
+    is not there."""
     from ..data import get_dataset_spec
 
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
         get_dataset_spec(name)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
+                           "add `MODEL.DEVICE cpu` to run on the CPU")
 
 
 def setup_logging(output_dir: str = None, rank: int = 0) -> None:
@@ -126,7 +127,7 @@ def train_main(argv=None):
     args = default_argument_parser().parse_args(argv)
     setup_logging()
     cfg = load_run_config(args.config, args.opts, args.resume)
-    check_datasets(cfg)
+    check_run(cfg, args.eval_only)
     return launch(main_worker, num_processes=args.num_gpus, num_machines=args.num_machines,
                   machine_rank=args.machine_rank, dist_url=args.dist_url, device=cfg.MODEL.DEVICE,
                   args=(cfg, args.resume, args.eval_only))

@@ -47,6 +47,7 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        torch.manual_seed(cfg.SEED)  # the initial weights depend on SEED alone (same on every rank)
         model = build_model(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg, model)
         if self.world_size > 1:
@@ -122,9 +123,10 @@ class Trainer:
                 h.after_train()
 
     def run_step(self) -> None:
-        seed_step(self.cfg.SEED, self.iter, self.rank)
         t0 = time.perf_counter()
         batch = next(self.data_iter)
+        # seeded after fetching: starting a DataLoader iterator draws from the global RNG
+        seed_step(self.cfg.SEED, self.iter, self.rank)
         images, targets = zip(*(to_device(s, self.device) for s in batch))
         data_time = time.perf_counter() - t0
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
