@@ -17,6 +17,9 @@ def add_project_keys(cfg: CN) -> None:
     # After resolution it equals IMS_PER_BATCH, so resolving a saved config again changes nothing.
     # 0 disables scaling.
     cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 16
+    # Extra iterations (counted as completed iterations) at which to write model_XXXXXXX.pth besides
+    # every CHECKPOINT_PERIOD: the fork points of shorter schedules branching off this run (rethink.fork).
+    cfg.SOLVER.CHECKPOINT_ITERS = ()
 
     # --- evaluation ----------------------------------------------------------------------------------
     # COCO evaluator backend: "faster_coco_eval" (default, same numbers, much faster) or "pycocotools".

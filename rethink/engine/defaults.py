@@ -96,6 +96,12 @@ def setup_logging(output_dir: str = None, rank: int = 0) -> None:
 def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     """What every rank runs: train (optionally resuming) or evaluate. Returns rank 0's results."""
     setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+    seed = comm.broadcast(cfg.SEED)  # ranks started separately (torchrun, SLURM) may have drawn their own
+    if seed != cfg.SEED:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SEED = seed
+        cfg.freeze()
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, _local_world())))
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

@@ -71,13 +71,13 @@ class Trainer:
         self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume)
         return self.start_iter
 
-    def build_hooks(self, extra_checkpoints=()) -> List:
+    def build_hooks(self) -> List:
         cfg = self.cfg
         hooks = [IterationTimer(), LRScheduler()]
         if cfg.TEST.PRECISE_BN.ENABLED:
             hooks.append(PreciseBN(cfg.TEST.EVAL_PERIOD, _BNForward(self.model), self._precise_bn_loader,
                                    cfg.TEST.PRECISE_BN.NUM_ITER))
-        hooks.append(PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra_checkpoints))
+        hooks.append(PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.CHECKPOINT_ITERS))
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, lambda: flatten_results(self.test())))
         if comm.is_main_process():
             hooks.append(MetricsWriter(cfg.OUTPUT_DIR, LOG_PERIOD))

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""State of a submitted sweep (or single run): per run pending / running / requeued / done / failed
+(with the tail of its error), last iteration, latest box and mask AP, fork trunk/branches.
+
+    python launch/status.py output/sweeps/paper
+    python launch/status.py output/sweeps/paper --resubmit-failed   # resume failed runs in a new array
+    python launch/status.py output/sweeps/paper --wait              # until every run is done or failed
+"""
+import argparse
+import logging
+import sys
+
+from rethink.slurm import submit_sweep
+from rethink.status import format_states, load_submitted_sweep, run_states, wait
+from rethink.sweep import submissions
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir")
+    p.add_argument("--resubmit-failed", action="store_true")
+    p.add_argument("--wait", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sweep = load_submitted_sweep(args.sweep_dir)
+    rows = wait(sweep, report=lambda r: print(format_states(r), flush=True)) if args.wait else run_states(sweep)
+    if not args.wait:
+        print(format_states(rows))
+    if args.resubmit_failed:
+        failed = [r["run"] for r in rows if r["state"] in ("failed", "cancelled", "timeout")]
+        if failed:
+            subs = submissions(sweep.dir)
+            ids = submit_sweep(sweep, subs[-1]["cluster"] if subs else "slurm", only=failed)
+            print(f"resubmitted {len(ids)} runs: {ids}")
+        else:
+            print("no failed runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""Classification pre-training of the detector's own ResNet ("ImageNet pre-training", made here).
+
+    result = pretrain(build_argument_parser().parse_args(["--data", "imagenet/", "--output", "r50_gn.pth"]))
+
+The network is exactly the detector's body, :class:`rethink.modeling.backbone.ResNet`, built from the
+MODEL.RESNETS keys of a detector config (DEPTH, NORM, STRIDE_IN_1X1, STEM_OUT_CHANNELS,
+RES2_OUT_CHANNELS, NUM_GROUPS, WIDTH_PER_GROUP), nothing frozen, plus global average pooling and an
+``fc`` classifier. Images are given to it as the detector gets them: INPUT.FORMAT channel order
+(BGR by default), 0..255 scale, normalized with MODEL.PIXEL_MEAN / MODEL.PIXEL_STD of that config.
+
+Data: an ImageNet-layout folder (torchvision ImageFolder): ``DATA/train/<class>/*`` and
+``DATA/val/<class>/*`` with the same class folders. Training crops are RandomResizedCrop(size) + a
+horizontal flip; validation is a resize to size/0.875 and a center crop.
+
+Optimization: SGD (momentum 0.9, weight decay 1e-4, none on norm parameters), linear warm-up then a
+cosine or step schedule, cross-entropy. ``--batch-size`` and ``--lr`` are global (all ranks
+together); the default LR is 0.1 x batch / 256 (Goyal et al.). Ranks: ``--num-gpus N`` processes via
+:func:`rethink.engine.launch.launch` (NCCL on CUDA, gloo on CPU), DistributedDataParallel.
+
+Output (rank 0 only, each file written atomically):
+  - ``OUTPUT.pth``: a plain torchvision-style ResNet state dict (``conv1.weight``, ``bn1.*``,
+    ``layer1.0.conv1.weight``, ..., ``fc.weight``, ``fc.bias``), which :func:`rethink.weights.load_weights`
+    reads as "torchvision" format: the body goes to ``backbone.body.*``, ``fc.*`` is dropped. So a
+    detector uses it with ``MODEL.WEIGHTS OUTPUT.pth`` and the same MODEL.RESNETS keys.
+  - ``OUTPUT.json``: what was trained and how (architecture, norm, classes, input format / mean / std,
+    schedule, per-epoch history, final val top-1); see :func:`sidecar_path`.
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .config import load_config
+from .engine import comm
+from .engine.checkpoint import atomic_torch_save, atomic_write_text, unwrap
+from .engine.defaults import setup_logging
+from .engine.launch import launch
+from .modeling.backbone import ResNet
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/scratch_gn_r50.yaml"
+# detector config keys that may be overridden on the command line: they shape the body or its input
+OVERRIDABLE = (
+    "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NORM", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP",
+    "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT",
+)
+TRAINABLE_NORMS = ("GN", "BN", "SyncBN")
+MOMENTUM = 0.9
+WARMUP_FACTOR = 0.1  # the LR ramps linearly from WARMUP_FACTOR x LR to LR
+STEP_FRACTIONS = (1 / 3, 2 / 3, 8 / 9)  # default step schedule: epochs 30, 60, 80 of 90
+STEP_GAMMA = 0.1
+VAL_RESIZE_RATIO = 0.875  # val: resize the short side to size / 0.875, center crop size
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+
+
+# ------------------------------------------------------------------------------------------------
+# command line and what it resolves to
+# ------------------------------------------------------------------------------------------------
+
+
+def build_argument_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description or "Pre-train the detector's ResNet on an ImageFolder",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder root with train/ and val/ subfolders")
+    p.add_argument("--output", required=True, metavar="FILE.pth",
+                   help="state dict to write (metadata goes to FILE.json next to it)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help=f"detector config giving MODEL.RESNETS.*, INPUT.FORMAT, MODEL.PIXEL_MEAN/STD "
+                        f"(default {DEFAULT_CONFIG})")
+    p.add_argument("--size", type=int, default=224, help="crop size in pixels (default 224)")
+    p.add_argument("--min-scale", type=float, default=0.08,
+                   help="smallest area fraction of RandomResizedCrop (default 0.08)")
+    p.add_argument("--epochs", type=int, default=90)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size, all ranks together (default 256)")
+    p.add_argument("--lr", type=float, default=None, help="base LR for the global batch (default 0.1 x batch / 256)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay; norm parameters get none")
+    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    p.add_argument("--lr-steps", type=int, nargs="*", default=None, metavar="EPOCH",
+                   help="epochs at which the step schedule multiplies the LR by 0.1 (default 1/3, 2/3, 8/9 of --epochs)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs (default 1)")
+    p.add_argument("--workers", type=int, default=4, help="data loading processes per rank (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--num-gpus", type=int, default=1, help="ranks: one per GPU, or CPU processes (gloo) with --device cpu")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--limit-batches", type=int, default=0, metavar="N",
+                   help="at most N train and N val batches per epoch (smoke runs; 0 = all)")
+    p.add_argument("--log-period", type=int, default=100, metavar="ITERS", help="log training every ITERS iterations")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help=f"detector config overrides, only these keys: {', '.join(OVERRIDABLE)}")
+    return p
+
+
+def sidecar_path(output: str) -> str:
+    """The metadata file next to the checkpoint: ``r50_gn.pth`` -> ``r50_gn.json``."""
+    stem, ext = os.path.splitext(output)
+    return (stem if ext == ".pth" else output) + ".json"
+
+
+def backbone_spec(cfg) -> Dict[str, object]:
+    """The body's architecture and input convention, from a detector config."""
+    r = cfg.MODEL.RESNETS
+    return {
+        "depth": int(r.DEPTH), "norm": r.NORM, "stride_in_1x1": bool(r.STRIDE_IN_1X1),
+        "stem_out_channels": int(r.STEM_OUT_CHANNELS), "res2_out_channels": int(r.RES2_OUT_CHANNELS),
+        "num_groups": int(r.NUM_GROUPS), "width_per_group": int(r.WIDTH_PER_GROUP),
+        "input_format": cfg.INPUT.FORMAT, "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
+        "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
+    }
+
+
+def resolve(args: argparse.Namespace) -> Dict[str, object]:
+    """Check the command line before any rank starts; returns the backbone spec. Errors name the
+    option, key or folder at fault."""
+    opts = list(args.opts or [])
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    if len(opts) % 2:
+        raise ValueError(f"config overrides come as KEY VALUE pairs, got an odd number: {opts}")
+    for key in opts[0::2]:
+        if key not in OVERRIDABLE:
+            raise ValueError(f"override {key}: only the keys that shape the backbone or its input may be set here "
+                             f"({', '.join(OVERRIDABLE)}); other detector keys do not affect pre-training")
+    spec = backbone_spec(load_config(args.config, opts))
+    if spec["norm"] not in TRAINABLE_NORMS:
+        raise ValueError(f"MODEL.RESNETS.NORM {spec['norm']!r} cannot be pre-trained here: use one of "
+                         f"{', '.join(TRAINABLE_NORMS)} (detectors with FrozenBN load BN-pretrained weights)")
+    for split in ("train", "val"):
+        d = os.path.join(args.data, split)
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"--data {args.data}: no {split}/ folder ({d}); expected the ImageFolder layout "
+                                    f"{split}/<class>/<image> (ImageNet's val images must be sorted into class folders)")
+    train_classes, val_classes = (_class_dirs(os.path.join(args.data, s)) for s in ("train", "val"))
+    if train_classes != val_classes:
+        only = sorted(set(train_classes) ^ set(val_classes))
+        raise ValueError(f"--data {args.data}: train/ and val/ must have the same class folders; "
+                         f"{len(only)} differ: {only[:10]}")
+    for name in ("size", "epochs", "batch_size", "num_gpus"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.batch_size % args.num_gpus:
+        raise ValueError(f"--batch-size {args.batch_size} is global: it must be divisible by --num-gpus {args.num_gpus}")
+    if not 0 < args.min_scale <= 1:
+        raise ValueError(f"--min-scale must be in (0, 1], got {args.min_scale}")
+    if (args.device or "") == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but CUDA is not available; use --device cpu")
+    if (args.device or "cpu") == "cuda" and args.num_gpus > torch.cuda.device_count():
+        raise RuntimeError(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+    return spec
+
+
+def _class_dirs(root: str) -> List[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+# ------------------------------------------------------------------------------------------------
+# model and data
+# ------------------------------------------------------------------------------------------------
+
+
+class ResNetClassifier(ResNet):
+    """The detector's ResNet body + global average pooling + ``fc``. Subclassing keeps the state-dict
+    names exactly torchvision's (``conv1.weight``, ``layer1.0.bn1.weight``, ``fc.weight``)."""
+
+    def __init__(self, num_classes: int, depth=50, norm="GN", stem_out=64, res2_out=256, groups=1,
+                 width_per_group=64, stride_in_1x1=False):
+        super().__init__(depth=depth, norm=norm, stem_out=stem_out, res2_out=res2_out, groups=groups,
+                         width_per_group=width_per_group, stride_in_1x1=stride_in_1x1, freeze_at=0)
+        self.fc = nn.Linear(self.out_channels[-1], num_classes)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    @classmethod
+    def from_spec(cls, spec: Dict[str, object], num_classes: int) -> "ResNetClassifier":
+        return cls(num_classes, depth=spec["depth"], norm=spec["norm"], stem_out=spec["stem_out_channels"],
+                   res2_out=spec["res2_out_channels"], groups=spec["num_groups"],
+                   width_per_group=spec["width_per_group"], stride_in_1x1=spec["stride_in_1x1"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res5 = super().forward(x)["3"]
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(res5, 1), 1))
+
+
+def load_rgb(path: str) -> Image.Image:
+    """RGB PIL image with EXIF orientation applied (as the detector's read_image)."""
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+class ToDetectorInput:
+    """PIL RGB image -> float CHW tensor in `fmt` channel order on the 0..255 scale, normalized with
+    the detector's PIXEL_MEAN / PIXEL_STD (given in `fmt` order)."""
+
+    def __init__(self, fmt: str, mean: Sequence[float], std: Sequence[float]):
+        if fmt not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {fmt!r}")
+        self.fmt = fmt
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.uint8)
+        if self.fmt == "BGR":
+            arr = arr[:, :, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+        return (x - self.mean) / self.std
+
+
+def build_transform(spec: Dict[str, object], size: int, train: bool, min_scale: float = 0.08):
+    from torchvision import transforms as T
+
+    to_input = ToDetectorInput(spec["input_format"], spec["pixel_mean"], spec["pixel_std"])
+    if train:
+        return T.Compose([T.RandomResizedCrop(size, scale=(min_scale, 1.0)), T.RandomHorizontalFlip(), to_input])
+    return T.Compose([T.Resize(int(round(size / VAL_RESIZE_RATIO))), T.CenterCrop(size), to_input])
+
+
+def build_loaders(args, spec, rank: int, world: int):
+    """Train loader (DistributedSampler: shuffled per epoch, seeded, drop_last) and this rank's
+    shard of val (every image counted once over the ranks); also the classes, the number of val
+    images and the global batch size (--batch-size, or the training set size if that is smaller)."""
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torchvision.datasets import ImageFolder
+
+    train_set = ImageFolder(os.path.join(args.data, "train"), build_transform(spec, args.size, True, args.min_scale),
+                            loader=load_rgb)
+    val_set = ImageFolder(os.path.join(args.data, "val"), build_transform(spec, args.size, False), loader=load_rgb)
+    batch = args.batch_size
+    if len(train_set) < batch:
+        batch = len(train_set) // world * world
+        if batch < world:
+            raise ValueError(f"{args.data}/train has {len(train_set)} images, fewer than the {world} ranks")
+        if rank == 0:
+            logger.warning("--batch-size %d is larger than the training set (%d images): using %d",
+                           args.batch_size, len(train_set), batch)
+    per_rank = batch // world
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    common = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda")
+    train = DataLoader(train_set, per_rank, sampler=sampler, drop_last=True,
+                       generator=torch.Generator().manual_seed(args.seed + 1000 * rank), **common)
+    val = DataLoader(Subset(val_set, list(range(rank, len(val_set), world))), per_rank, shuffle=False, **common)
+    return train, val, sampler, train_set.classes, len(val_set), batch
+
+
+# ------------------------------------------------------------------------------------------------
+# optimization
+# ------------------------------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """Two groups: norm parameters without weight decay, everything else with it."""
+    norm_params, other = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                (norm_params if isinstance(module, _NORM_TYPES) else other).append(p)
+    return [{"params": other, "weight_decay": weight_decay}, {"params": norm_params, "weight_decay": 0.0}]
+
+
+def lr_at(it: int, total: int, base_lr: float, warmup: int, schedule: str, steps: Sequence[int] = ()) -> float:
+    """LR of 0-based iteration `it` of `total`: cosine to 0, or x0.1 at each of the iteration `steps`;
+    multiplied during the first `warmup` iterations by a linear ramp from WARMUP_FACTOR to 1."""
+    if schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * it / max(total, 1)))
+    else:
+        factor = STEP_GAMMA ** sum(it >= s for s in steps)
+    if it < warmup:
+        alpha = it / warmup
+        factor *= WARMUP_FACTOR * (1 - alpha) + alpha
+    return base_lr * factor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, limit: int = 0, amp: bool = False) -> Dict[str, float]:
+    """Top-1 (%) and mean cross-entropy over the val set, summed over all ranks."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    for i, (images, labels) in enumerate(loader):
+        if limit and i >= limit:
+            break
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        sums += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum"),
+                             (logits.argmax(1) == labels).sum(), torch.tensor(labels.numel())]).double().cpu()
+    sums = _all_reduce_sum(sums)
+    count = max(sums[2].item(), 1.0)
+    return {"top1": 100.0 * sums[1].item() / count, "loss": sums[0].item() / count, "images": int(sums[2].item())}
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if comm.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
+            else torch.device("cpu")
+        t = t.to(device)
+        torch.distributed.all_reduce(t)
+        t = t.cpu()
+    return t
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+
+def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str, object]:
+    """What every rank runs; rank 0 writes the checkpoint and its metadata and returns the result."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    setup_logging(rank=rank)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if args.device == "cuda":
+        device = torch.device("cuda", comm.get_local_rank() if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    else:
+        device = torch.device("cpu")
+
+    train_loader, val_loader, sampler, classes, num_val, batch = build_loaders(args, spec, rank, world)
+    torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    model = ResNetClassifier.from_spec(spec, len(classes)).to(device)
+    torch.manual_seed(args.seed + 1000 * rank)  # augmentations in the main process (--workers 0) differ by rank
+    base_lr = args.lr if args.lr is not None else 0.1 * batch / 256
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=base_lr, momentum=MOMENTUM)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    iters_per_epoch = len(train_loader) if not args.limit_batches else min(len(train_loader), args.limit_batches)
+    total = iters_per_epoch * args.epochs
+    warmup = int(round(args.warmup_epochs * iters_per_epoch))
+    step_epochs = args.lr_steps if args.lr_steps else [int(round(args.epochs * f)) for f in STEP_FRACTIONS]
+    steps = [e * iters_per_epoch for e in step_epochs]
+    if rank == 0:
+        logger.info("Pre-training ResNet-%d (%s, stride_in_1x1 %s, stem %d, res2 %d) on %s: %d classes, %d train / %d "
+                    "val images, %d px crops, %s input (0..255) with mean %s, std %s", spec["depth"], spec["norm"],
+                    spec["stride_in_1x1"], spec["stem_out_channels"], spec["res2_out_channels"], args.data,
+                    len(classes), len(train_loader.dataset), num_val, args.size, spec["input_format"],
+                    spec["pixel_mean"], spec["pixel_std"])
+        logger.info("%d epochs x %d iterations, global batch %d on %d rank(s) (%s), LR %g, %s schedule%s, warm-up %d "
+                    "iterations, weight decay %g (not on norms), seed %d", args.epochs, iters_per_epoch,
+                    batch, world, device.type, base_lr, args.schedule,
+                    f" (x0.1 at epochs {step_epochs})" if args.schedule == "step" else "", warmup,
+                    args.weight_decay, args.seed)
+
+    history, it, start = [], 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        for i, (images, labels) in enumerate(train_loader):
+            if i >= iters_per_epoch:
+                break
+            lr = lr_at(it, total, base_lr, warmup, args.schedule, steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                logits = net(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                sums += torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum(),
+                                     torch.tensor(labels.numel(), device=device)]).double()
+            it += 1
+            if args.log_period and it % args.log_period == 0 and rank == 0:
+                elapsed = time.perf_counter() - start
+                logger.info("epoch %d/%d iter %d/%d: loss %.4f, lr %.4g, %.1f img/s, eta %s", epoch + 1, args.epochs,
+                            it, total, loss.item(), lr, it * batch / elapsed,
+                            _hms(elapsed / it * (total - it)))
+        train = _all_reduce_sum(sums.cpu())
+        train_loss = train[0].item() / max(train[2].item(), 1.0)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"epoch {epoch + 1}: the training loss is {train_loss}; lower --lr "
+                                     "or lengthen --warmup-epochs")
+        val = evaluate(model, val_loader, device, args.limit_batches, args.amp)
+        row = {"epoch": epoch + 1, "iterations": it, "loss": train_loss,
+               "train_top1": 100.0 * train[1].item() / max(train[2].item(), 1.0), "val_top1": val["top1"],
+               "val_loss": val["loss"], "lr": lr, "time_s": time.perf_counter() - t0}
+        history.append(row)
+        if rank == 0:
+            logger.info("epoch %d/%d: loss %.4f, train top-1 %.2f%%, val top-1 %.2f%% (val loss %.4f, %d images), "
+                        "lr %.4g, %.1f s", epoch + 1, args.epochs, row["loss"], row["train_top1"], row["val_top1"],
+                        row["val_loss"], val["images"], row["lr"], row["time_s"])
+
+    result = {
+        "format": "torchvision",
+        "arch": f"resnet{spec['depth']}",
+        **{k: spec[k] for k in ("depth", "norm", "stride_in_1x1", "stem_out_channels", "res2_out_channels",
+                                "num_groups", "width_per_group")},
+        "num_classes": len(classes), "classes": list(classes),
+        "input": {"format": spec["input_format"], "scale": "0..255", "pixel_mean": spec["pixel_mean"],
+                  "pixel_std": spec["pixel_std"], "size": args.size, "min_scale": args.min_scale,
+                  "val_resize": int(round(args.size / VAL_RESIZE_RATIO))},
+        "epochs": args.epochs, "iterations": it, "batch_size": batch, "lr": base_lr,
+        "schedule": args.schedule, "lr_steps": step_epochs if args.schedule == "step" else None,
+        "warmup_iters": warmup, "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world,
+        "device": device.type, "amp": bool(args.amp), "limit_batches": args.limit_batches,
+        "config": os.path.abspath(args.config), "data": os.path.abspath(args.data),
+        "val_top1": history[-1]["val_top1"], "best_val_top1": max(h["val_top1"] for h in history),
+        "train_top1": history[-1]["train_top1"], "loss": history[-1]["loss"], "history": history,
+        "time_s": time.perf_counter() - start, "torch": torch.__version__,
+        "checkpoint": os.path.abspath(args.output),
+        "detector_overrides": ["MODEL.WEIGHTS", os.path.abspath(args.output),
+                               "MODEL.RESNETS.DEPTH", str(spec["depth"]), "MODEL.RESNETS.NORM", spec["norm"],
+                               "MODEL.RESNETS.STRIDE_IN_1X1", str(spec["stride_in_1x1"]),
+                               "MODEL.RESNETS.STEM_OUT_CHANNELS", str(spec["stem_out_channels"]),
+                               "MODEL.RESNETS.RES2_OUT_CHANNELS", str(spec["res2_out_channels"])],
+    }
+    if rank == 0:
+        save(unwrap(net), result, args.output)
+    comm.synchronize()
+    return result
+
+
+def save(model: nn.Module, meta: Dict[str, object], output: str) -> None:
+    """The plain torchvision-named state dict to `output`, `meta` to its sidecar JSON; both atomic."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(state, output)
+    atomic_write_text(sidecar_path(output), json.dumps(meta, indent=1) + "\n")
+    logger.info("Saved %s (%d tensors, val top-1 %.2f%%) and %s; use it in a detector with %s", output, len(state),
+                meta["val_top1"], sidecar_path(output), " ".join(meta["detector_overrides"]))
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def pretrain(args: argparse.Namespace, spec: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Check the arguments (unless `spec`, :func:`resolve`'s answer, is given), run every rank
+    (spawning `--num-gpus` processes if asked) and return the result: the metadata written next to
+    the checkpoint."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec is None:
+        spec = resolve(args)
+    result = launch(train_worker, num_processes=args.num_gpus, device=args.device, args=(args, spec))
+    if result is None:  # spawned ranks: rank 0 wrote it
+        with open(sidecar_path(args.output)) as f:
+            result = json.load(f)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None) -> Dict[str, object]:
+    """Entry point of tools/pretrain_backbone.py: bad arguments are usage errors, then :func:`pretrain`."""
+    parser = build_argument_parser(description)
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        spec = resolve(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        parser.error(str(e))
+    return pretrain(args, spec)

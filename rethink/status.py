@@ -1,0 +1,138 @@
+"""State of a sweep's runs from what is on disk and what the scheduler says: pending, running,
+requeued, done, failed (with the tail of its error), last iteration, latest box/mask AP."""
+import glob
+import logging
+import os
+import pickle
+import re
+import time
+from typing import Dict, List, Optional
+
+import yaml
+
+from .engine.events import METRICS_FILE, read_metrics
+from .fork import MARKER
+from .sweep import Sweep, expand, submissions
+
+logger = logging.getLogger(__name__)
+
+
+def load_submitted_sweep(sweep_dir: str) -> Sweep:
+    path = os.path.join(sweep_dir, "sweep.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{sweep_dir}: no sweep.yaml (not a submitted sweep or run directory)")
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    return expand(spec, path, root=spec.get("root"))
+
+
+def job_ids(sweep: Sweep) -> Dict[str, str]:
+    ids: Dict[str, str] = {}
+    for sub in submissions(sweep.dir):
+        ids.update(sub["jobs"])
+    for r in sweep.runs:
+        marker = os.path.join(r.output_dir, MARKER)
+        if r.fork_from and os.path.isfile(marker) and os.path.getsize(marker):
+            import json
+
+            with open(marker) as f:
+                ids.setdefault(r.name, json.load(f)["job_id"])
+    return ids
+
+
+def _result(sweep: Sweep, job_id: str):
+    """submitit's result pickle of task 0: ("success", value) or ("error", traceback)."""
+    hits = glob.glob(os.path.join(sweep.dir, ".submitit", "*", f"{job_id}_0_result.pkl"))
+    if not hits:
+        return None
+    with open(hits[0], "rb") as f:
+        return pickle.load(f)  # written by our own jobs
+
+
+def _scheduler_state(sweep: Sweep, job_id: str, cluster: str) -> Optional[str]:
+    if cluster != "slurm":
+        return None
+    import submitit
+
+    try:
+        return submitit.SlurmJob(os.path.join(sweep.dir, ".submitit", "%j"), job_id).state
+    except Exception as e:  # sacct unavailable: say so, don't fail the whole table
+        logger.debug("sacct for %s failed: %s", job_id, e)
+        return None
+
+
+def _starts(run_dir: str) -> int:
+    log = os.path.join(run_dir, "log.txt")
+    if not os.path.isfile(log):
+        return 0
+    with open(log, errors="replace") as f:
+        return sum(1 for line in f if re.search(r"\] Run .* world size", line))
+
+
+def run_states(sweep: Sweep) -> List[dict]:
+    ids = job_ids(sweep)
+    subs = submissions(sweep.dir)
+    cluster = subs[-1]["cluster"] if subs else "slurm"
+    rows = []
+    for r in sweep.runs:
+        row = {"run": r.name, "job_id": ids.get(r.name, ""), "iteration": 0, "max_iter": r.max_iter,
+               "box_AP": None, "mask_AP": None, "starts": _starts(r.output_dir), "error": "",
+               "fork": f"{r.fork_from['trunk']}@{r.fork_from['iteration']}" if r.fork_from else
+               ("trunk" if r.checkpoint_iters else "")}
+        metrics_path = os.path.join(r.output_dir, METRICS_FILE)
+        metrics = read_metrics(metrics_path) if os.path.isfile(metrics_path) else []
+        if metrics:
+            row["iteration"] = metrics[-1]["iteration"]
+            evals = [m for m in metrics if "bbox/AP" in m]
+            if evals:
+                row["box_AP"], row["mask_AP"] = evals[-1]["bbox/AP"], evals[-1].get("segm/AP")
+        done = os.path.isfile(os.path.join(r.output_dir, "model_final.pth")) and any(
+            m["iteration"] >= r.max_iter and "bbox/AP" in m for m in metrics)
+        result = _result(sweep, row["job_id"]) if row["job_id"] else None
+        sched = _scheduler_state(sweep, row["job_id"], cluster) if row["job_id"] and not done else None
+        if done:
+            state = "done"
+        elif result and result[0] == "error":
+            state = "failed"
+            row["error"] = " | ".join(str(result[1]).strip().splitlines()[-3:])
+        elif not row["job_id"]:
+            state = f"waiting for trunk @{r.fork_from['iteration']}" if r.fork_from else "not submitted"
+        elif sched:
+            state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "requeued", "COMPLETED": "finished?",
+                     "FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timeout", "NODE_FAIL": "failed",
+                     "PREEMPTED": "requeued", "OUT_OF_MEMORY": "failed"}.get(sched.split()[0], sched.lower())
+        else:
+            state = "running" if row["starts"] else "pending"
+        if state == "running" and row["starts"] > 1:
+            state = f"running (requeued {row['starts'] - 1}x)"
+        row["state"] = state
+        rows.append(row)
+    return rows
+
+
+def format_states(rows: List[dict]) -> str:
+    head = ("run", "job", "state", "iter", "box AP", "mask AP", "fork", "error")
+    table = [head] + [(r["run"], str(r["job_id"]), r["state"], f"{r['iteration']}/{r['max_iter']}",
+                       "" if r["box_AP"] is None else f"{r['box_AP']:.2f}",
+                       "" if r["mask_AP"] is None else f"{r['mask_AP']:.2f}", r["fork"], r["error"][-120:])
+                      for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def wait(sweep: Sweep, poll_s: float = 10.0, timeout_s: Optional[float] = None, report=None) -> List[dict]:
+    """Poll until every run is done or failed; `report(rows)` is called when something changes."""
+    start, last = time.time(), None
+    while True:
+        rows = run_states(sweep)
+        summary = [(r["run"], r["state"], r["iteration"]) for r in rows]
+        if summary != last and report:
+            report(rows)
+        last = summary
+        if all(r["state"] in ("done", "failed", "cancelled") for r in rows):
+            return rows
+        if timeout_s and time.time() - start > timeout_s:
+            raise TimeoutError(f"sweep {sweep.name}: not finished after {timeout_s:.0f} s")
+        time.sleep(poll_s)
