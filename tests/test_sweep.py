@@ -104,6 +104,8 @@ def test_branch_equals_separately_trained_run(tmp_path):
     ma = read_metrics(os.path.join(branch.output_dir, "metrics.jsonl"))
     mb = read_metrics(os.path.join(separate, "metrics.jsonl"))
     assert [m["iteration"] for m in ma] == [m["iteration"] for m in mb] == [6, 12, 18]
+    # APs and LR equal; logged losses are medians over the recent window, which a branch only has
+    # from its fork point on (the weights above show the steps themselves are identical)
     for x, y in zip(ma, mb):
-        for key in ("bbox/AP", "segm/AP", "lr", "total_loss"):
+        for key in ("bbox/AP", "segm/AP", "bbox/AP50", "segm/AP75", "lr"):
             assert x[key] == pytest.approx(y[key], abs=1e-6), (x["iteration"], key)
