@@ -88,6 +88,8 @@ def build_argument_parser(description: Optional[str] = None) -> argparse.Argumen
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--lr-steps", type=int, nargs="*", default=None, metavar="EPOCH",
                    help="epochs at which the step schedule multiplies the LR by 0.1 (default 1/3, 2/3, 8/9 of --epochs)")
+    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the last norm of each residual block at weight 0 (Goyal et al.; default on)")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs (default 1)")
     p.add_argument("--workers", type=int, default=4, help="data loading processes per rank (default 4)")
     p.add_argument("--seed", type=int, default=0)
@@ -174,18 +176,24 @@ class ResNetClassifier(ResNet):
     names exactly torchvision's (``conv1.weight``, ``layer1.0.bn1.weight``, ``fc.weight``)."""
 
     def __init__(self, num_classes: int, depth=50, norm="GN", stem_out=64, res2_out=256, groups=1,
-                 width_per_group=64, stride_in_1x1=False):
+                 width_per_group=64, stride_in_1x1=False, zero_init_residual=True):
         super().__init__(depth=depth, norm=norm, stem_out=stem_out, res2_out=res2_out, groups=groups,
                          width_per_group=width_per_group, stride_in_1x1=stride_in_1x1, freeze_at=0)
         self.fc = nn.Linear(self.out_channels[-1], num_classes)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
+        if zero_init_residual:  # each block starts as the identity: stable from-scratch training
+            for name, module in self.named_modules():
+                last = "bn2" if depth in (18, 34) else "bn3"
+                if name.endswith("." + last) and isinstance(module, _NORM_TYPES) and module.weight is not None:
+                    nn.init.zeros_(module.weight)
 
     @classmethod
-    def from_spec(cls, spec: Dict[str, object], num_classes: int) -> "ResNetClassifier":
+    def from_spec(cls, spec: Dict[str, object], num_classes: int, zero_init_residual: bool = True):
         return cls(num_classes, depth=spec["depth"], norm=spec["norm"], stem_out=spec["stem_out_channels"],
                    res2_out=spec["res2_out_channels"], groups=spec["num_groups"],
-                   width_per_group=spec["width_per_group"], stride_in_1x1=spec["stride_in_1x1"])
+                   width_per_group=spec["width_per_group"], stride_in_1x1=spec["stride_in_1x1"],
+                   zero_init_residual=zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res5 = super().forward(x)["3"]
@@ -330,7 +338,7 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
 
     train_loader, val_loader, sampler, classes, num_val, batch = build_loaders(args, spec, rank, world)
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    model = ResNetClassifier.from_spec(spec, len(classes)).to(device)
+    model = ResNetClassifier.from_spec(spec, len(classes), args.zero_init_residual).to(device)
     torch.manual_seed(args.seed + 1000 * rank)  # augmentations in the main process (--workers 0) differ by rank
     base_lr = args.lr if args.lr is not None else 0.1 * batch / 256
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=base_lr, momentum=MOMENTUM)
@@ -409,7 +417,7 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
                   "val_resize": int(round(args.size / VAL_RESIZE_RATIO))},
         "epochs": args.epochs, "iterations": it, "batch_size": batch, "lr": base_lr,
         "schedule": args.schedule, "lr_steps": step_epochs if args.schedule == "step" else None,
-        "warmup_iters": warmup, "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world,
+        "warmup_iters": warmup, "zero_init_residual": bool(args.zero_init_residual), "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world,
         "device": device.type, "amp": bool(args.amp), "limit_batches": args.limit_batches,
         "config": os.path.abspath(args.config), "data": os.path.abspath(args.data),
         "val_top1": history[-1]["val_top1"], "best_val_top1": max(h["val_top1"] for h in history),

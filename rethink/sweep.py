@@ -124,7 +124,7 @@ def load_sweep(path: str, root: Optional[str] = None) -> Sweep:
 
 def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> Sweep:
     name = spec.get("name") or os.path.splitext(os.path.basename(source))[0]
-    root = root or spec.get("root", "output/sweeps")
+    root = os.path.abspath(root or spec.get("root", "output/sweeps"))
     axes: Dict[str, list] = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (spec.get("axes") or {}).items()}
     for axis in axes:
         if axis not in NAMED_AXES and "." not in axis:
@@ -148,6 +148,7 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
         for where in (base_dir, PROJECT_ROOT):  # relative to the cwd, the sweep file, or this checkout
             if not os.path.isfile(config) and os.path.isfile(os.path.join(where, config)):
                 config = os.path.join(where, config)
+        config = os.path.abspath(config)
         overrides = list(common)
         for axis, value in values.items():
             overrides += _axis_overrides(axis, value, spec)

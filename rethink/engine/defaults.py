@@ -102,7 +102,8 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
         cfg.defrost()
         cfg.SEED = seed
         cfg.freeze()
-    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, _local_world())))
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0))  # what SLURM gave this task, else share the machine
+    torch.set_num_threads(cpus or max(1, torch.get_num_threads() // max(1, _local_world())))
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
