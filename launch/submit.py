@@ -15,11 +15,10 @@ Runs go to <root>/<sweep name>/<run name> (single runs: output/<config name>[/<o
 """
 import argparse
 import logging
-import os
 import sys
 
 from rethink.engine.defaults import run_name
-from rethink.slurm import Resources, submit_sweep
+from rethink.slurm import submit_sweep
 from rethink.status import format_states, wait
 from rethink.sweep import expand, load_sweep, plan_table
 

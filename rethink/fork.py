@@ -13,12 +13,11 @@ on rank 0); a marker file in the branch dir makes that happen once, also across 
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from typing import Dict, List
 
-from .engine.checkpoint import atomic_write_text
+from .atomic import atomic_copy, atomic_write_text
 
 logger = logging.getLogger(__name__)
 MARKER = "fork.json"
@@ -74,9 +73,7 @@ def prepare_branch(cfg, fork_from: dict, rank: int = 0, timeout_s: float = 600.0
     if not os.path.isfile(src):
         raise FileNotFoundError(f"branch {out}: the trunk's fork checkpoint {src} does not exist")
     os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, f".model_{k:07d}.pth.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, os.path.join(out, f"model_{k:07d}.pth"))
+    atomic_copy(src, os.path.join(out, f"model_{k:07d}.pth"))
     from .engine.events import METRICS_FILE, read_metrics
 
     trunk_metrics = os.path.join(fork_from["trunk_dir"], METRICS_FILE)

@@ -91,7 +91,9 @@ def build_argument_parser(description: Optional[str] = None) -> argparse.Argumen
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=True,
                    help="start the last norm of each residual block at weight 0 (Goyal et al.; default on)")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs (default 1)")
-    p.add_argument("--workers", type=int, default=4, help="data loading processes per rank (default 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data loading processes per rank (default: 0 on CPU, where the model needs every core; "
+                        "min(8, cores per rank) on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     p.add_argument("--num-gpus", type=int, default=1, help="ranks: one per GPU, or CPU processes (gloo) with --device cpu")
@@ -182,9 +184,9 @@ class ResNetClassifier(ResNet):
         self.fc = nn.Linear(self.out_channels[-1], num_classes)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
-        if zero_init_residual:  # each block starts as the identity: stable from-scratch training
+        if zero_init_residual:  # every block starts as the identity: stable training from scratch
+            last = "bn2" if depth in (18, 34) else "bn3"
             for name, module in self.named_modules():
-                last = "bn2" if depth in (18, 34) else "bn3"
                 if name.endswith("." + last) and isinstance(module, _NORM_TYPES) and module.weight is not None:
                     nn.init.zeros_(module.weight)
 
@@ -317,6 +319,23 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _broadcast_parameters(model: nn.Module) -> None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        torch.distributed.broadcast(t.data, src=0)
+
+
+def _average_gradients(model: nn.Module) -> None:
+    """What DDP does, in one all-reduce: every parameter's gradient averaged over the ranks."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= comm.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
@@ -325,7 +344,8 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str, object]:
     """What every rank runs; rank 0 writes the checkpoint and its metadata and returns the result."""
     rank, world = comm.get_rank(), comm.get_world_size()
-    setup_logging(rank=rank)
+    if world > 1:  # a fresh process per rank: rank 0 logs INFO, the others warnings only
+        setup_logging(rank=rank)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
@@ -342,8 +362,13 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
     torch.manual_seed(args.seed + 1000 * rank)  # augmentations in the main process (--workers 0) differ by rank
     base_lr = args.lr if args.lr is not None else 0.1 * batch / 256
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=base_lr, momentum=MOMENTUM)
-    net = model
-    if world > 1:
+    net, average_grads = model, False
+    if world > 1 and device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        # DDP refuses SyncBatchNorm on CPU; our SyncBN all-reduces its statistics itself, so only the
+        # gradients need averaging: done by hand after backward (the ranks start from the same seed)
+        _broadcast_parameters(model)
+        average_grads = True
+    elif world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     iters_per_epoch = len(train_loader) if not args.limit_batches else min(len(train_loader), args.limit_batches)
@@ -381,6 +406,8 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if average_grads:
+                _average_gradients(model)
             optimizer.step()
             with torch.no_grad():
                 sums += torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum(),
@@ -459,6 +486,8 @@ def pretrain(args: argparse.Namespace, spec: Optional[Dict[str, object]] = None)
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec is None:
         spec = resolve(args)
+    if args.workers is None:
+        args.workers = 0 if args.device == "cpu" else min(8, max(1, (os.cpu_count() or 1) // args.num_gpus))
     result = launch(train_worker, num_processes=args.num_gpus, device=args.device, args=(args, spec))
     if result is None:  # spawned ranks: rank 0 wrote it
         with open(sidecar_path(args.output)) as f:

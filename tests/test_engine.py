@@ -1,6 +1,5 @@
 """Training engine end to end on the tiny synthetic config (CPU): train + periodic eval + metrics,
 checkpoint/resume equality, non-finite loss, eval-only, 2-process gloo DDP, fail-fast on missing COCO."""
-import json
 import os
 import subprocess
 import sys

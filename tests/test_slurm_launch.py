@@ -12,7 +12,7 @@ import yaml
 
 from rethink.engine import read_metrics
 from rethink.slurm import submit_sweep
-from rethink.status import format_states, run_states, wait
+from rethink.status import format_states, wait
 from rethink.sweep import expand
 
 from .conftest import CONFIGS, ROOT

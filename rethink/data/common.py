@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Iterator, Optional
+
+from ..atomic import atomic_write_bytes  # noqa: F401  (used here and by subsets)
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +76,6 @@ def file_sha256(path: str) -> str:
     digest = _sha256_of_file(path)
     remember_sha256(path, digest, st)
     return digest
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so readers see
-    either the old file or the complete new one."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def canonical_json_bytes(obj) -> bytes:

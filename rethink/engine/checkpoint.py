@@ -13,28 +13,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..atomic import atomic_torch_save, atomic_write_text
+
 logger = logging.getLogger(__name__)
 LAST = "last_checkpoint"
 
 
 def unwrap(model):
     return model.module if hasattr(model, "module") else model
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

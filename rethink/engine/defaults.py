@@ -12,7 +12,8 @@ import torch
 
 from ..config import load_config
 from . import comm
-from .checkpoint import Checkpointer, atomic_write_text
+from ..atomic import atomic_write_text
+from .checkpoint import Checkpointer
 from .launch import launch
 from .trainer import Trainer, evaluate, flatten_results
 

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+
+from ..atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -161,19 +162,7 @@ def save_predictions(path: str | os.PathLike, results: Sequence[Mapping[str, Any
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, RESULTS_FILENAME)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(list(results), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: json.dump(list(results), f), binary=False)
     logger.info("Saved %d COCO results to %s", len(results), path)
     return path
 

@@ -16,7 +16,6 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.detection import MaskRCNN as _TorchvisionMaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
