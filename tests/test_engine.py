@@ -159,3 +159,17 @@ def test_missing_coco_fails_fast_naming_files(tmp_path):
     assert r.returncode != 0
     assert str(tmp_path / "datasets" / "coco" / "annotations" / "instances_train2017.json") in r.stderr
     assert "RETHINK_DATASETS" in r.stderr
+
+
+def test_precise_bn_recomputes_statistics_only(tmp_path):
+    """SyncBN config with TEST.PRECISE_BN: same weights as without it, different BN statistics."""
+    bn = ["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN", "MODEL.ROI_BOX_HEAD.NORM", "SyncBN",
+          "MODEL.ROI_MASK_HEAD.NORM", "SyncBN", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4, 5)",
+          "TEST.EVAL_PERIOD", "0", "TEST.PRECISE_BN.NUM_ITER", "3"]
+    main_worker(cfg_for(tmp_path / "plain", *bn))
+    main_worker(cfg_for(tmp_path / "precise", *bn, "TEST.PRECISE_BN.ENABLED", "True"))
+    a, b = weights(tmp_path / "plain" / "model_final.pth"), weights(tmp_path / "precise" / "model_final.pth")
+    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    stats = [k for k in a if k.endswith("running_var")]
+    assert stats and all(torch.equal(a[k], b[k]) for k in params)
+    assert sum(not torch.allclose(a[k], b[k]) for k in stats) > len(stats) // 2
