@@ -14,8 +14,10 @@ horizontal flip; validation is a resize to size/0.875 and a center crop.
 
 Optimization: SGD (momentum 0.9, weight decay 1e-4, none on norm parameters), linear warm-up then a
 cosine or step schedule, cross-entropy. ``--batch-size`` and ``--lr`` are global (all ranks
-together); the default LR is 0.1 x batch / 256 (Goyal et al.). Ranks: ``--num-gpus N`` processes via
-:func:`rethink.engine.launch.launch` (NCCL on CUDA, gloo on CPU), DistributedDataParallel.
+together); the default LR is 0.1 x batch / 256 (Goyal et al.); the last norm of every residual block
+starts at 0. Ranks: ``--num-gpus N`` processes via :func:`rethink.engine.launch.launch` (NCCL on
+CUDA, gloo on CPU) with DistributedDataParallel; on CPU with SyncBN (which DDP refuses on CPU) the
+gradients are averaged by hand, the SyncBN layers all-reduce their own statistics.
 
 Output (rank 0 only, each file written atomically):
   - ``OUTPUT.pth``: a plain torchvision-style ResNet state dict (``conv1.weight``, ``bn1.*``,
@@ -23,7 +25,12 @@ Output (rank 0 only, each file written atomically):
     reads as "torchvision" format: the body goes to ``backbone.body.*``, ``fc.*`` is dropped. So a
     detector uses it with ``MODEL.WEIGHTS OUTPUT.pth`` and the same MODEL.RESNETS keys.
   - ``OUTPUT.json``: what was trained and how (architecture, norm, classes, input format / mean / std,
-    schedule, per-epoch history, final val top-1); see :func:`sidecar_path`.
+    schedule, per-epoch history, final val top-1, and ``detector_overrides``: the KEY VALUE pairs that
+    give a detector this body and input convention); see :func:`sidecar_path`.
+
+Pre-train with the config you will fine-tune with (or give the detector ``detector_overrides``):
+channel order and PIXEL_MEAN must agree; PIXEL_STD too with BN (a GN body, whose stem conv has no
+bias, is invariant to the input scale).
 """
 import argparse
 import json
@@ -39,9 +46,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .atomic import atomic_torch_save, atomic_write_text
 from .config import load_config
 from .engine import comm
-from .engine.checkpoint import atomic_torch_save, atomic_write_text, unwrap
+from .engine.checkpoint import unwrap
 from .engine.defaults import setup_logging
 from .engine.launch import launch
 from .modeling.backbone import ResNet
@@ -87,7 +95,7 @@ def build_argument_parser(description: Optional[str] = None) -> argparse.Argumen
     p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay; norm parameters get none")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--lr-steps", type=int, nargs="*", default=None, metavar="EPOCH",
-                   help="epochs at which the step schedule multiplies the LR by 0.1 (default 1/3, 2/3, 8/9 of --epochs)")
+                   help="epochs where the step schedule multiplies the LR by 0.1 (default 1/3, 2/3, 8/9 of --epochs)")
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=True,
                    help="start the last norm of each residual block at weight 0 (Goyal et al.; default on)")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length in epochs (default 1)")
@@ -96,7 +104,8 @@ def build_argument_parser(description: Optional[str] = None) -> argparse.Argumen
                         "min(8, cores per rank) on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--num-gpus", type=int, default=1, help="ranks: one per GPU, or CPU processes (gloo) with --device cpu")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="ranks: one per GPU, or CPU processes (gloo) with --device cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--limit-batches", type=int, default=0, metavar="N",
                    help="at most N train and N val batches per epoch (smoke runs; 0 = all)")
@@ -144,7 +153,7 @@ def resolve(args: argparse.Namespace) -> Dict[str, object]:
         d = os.path.join(args.data, split)
         if not os.path.isdir(d):
             raise FileNotFoundError(f"--data {args.data}: no {split}/ folder ({d}); expected the ImageFolder layout "
-                                    f"{split}/<class>/<image> (ImageNet's val images must be sorted into class folders)")
+                                    f"{split}/<class>/<image> (ImageNet's val images sorted into class folders)")
     train_classes, val_classes = (_class_dirs(os.path.join(args.data, s)) for s in ("train", "val"))
     if train_classes != val_classes:
         only = sorted(set(train_classes) ^ set(val_classes))
@@ -154,7 +163,8 @@ def resolve(args: argparse.Namespace) -> Dict[str, object]:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.batch_size % args.num_gpus:
-        raise ValueError(f"--batch-size {args.batch_size} is global: it must be divisible by --num-gpus {args.num_gpus}")
+        raise ValueError(f"--batch-size {args.batch_size} is global: it must be divisible by --num-gpus "
+                         f"{args.num_gpus}")
     if not 0 < args.min_scale <= 1:
         raise ValueError(f"--min-scale must be in (0, 1], got {args.min_scale}")
     if (args.device or "") == "cuda" and not torch.cuda.is_available():
@@ -413,16 +423,16 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
                 sums += torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum(),
                                      torch.tensor(labels.numel(), device=device)]).double()
             it += 1
-            if args.log_period and it % args.log_period == 0 and rank == 0:
+            if args.log_period and it % args.log_period == 0:
+                _check_finite(loss.item(), f"iteration {it}")
                 elapsed = time.perf_counter() - start
-                logger.info("epoch %d/%d iter %d/%d: loss %.4f, lr %.4g, %.1f img/s, eta %s", epoch + 1, args.epochs,
-                            it, total, loss.item(), lr, it * batch / elapsed,
-                            _hms(elapsed / it * (total - it)))
+                if rank == 0:
+                    logger.info("epoch %d/%d iter %d/%d: loss %.4f, lr %.4g, %.1f img/s, eta %s", epoch + 1,
+                                args.epochs, it, total, loss.item(), lr, it * batch / elapsed,
+                                _hms(elapsed / it * (total - it)))
         train = _all_reduce_sum(sums.cpu())
         train_loss = train[0].item() / max(train[2].item(), 1.0)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"epoch {epoch + 1}: the training loss is {train_loss}; lower --lr "
-                                     "or lengthen --warmup-epochs")
+        _check_finite(train_loss, f"epoch {epoch + 1}")
         val = evaluate(model, val_loader, device, args.limit_batches, args.amp)
         row = {"epoch": epoch + 1, "iterations": it, "loss": train_loss,
                "train_top1": 100.0 * train[1].item() / max(train[2].item(), 1.0), "val_top1": val["top1"],
@@ -444,7 +454,8 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
                   "val_resize": int(round(args.size / VAL_RESIZE_RATIO))},
         "epochs": args.epochs, "iterations": it, "batch_size": batch, "lr": base_lr,
         "schedule": args.schedule, "lr_steps": step_epochs if args.schedule == "step" else None,
-        "warmup_iters": warmup, "zero_init_residual": bool(args.zero_init_residual), "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world,
+        "warmup_iters": warmup, "zero_init_residual": bool(args.zero_init_residual),
+        "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world,
         "device": device.type, "amp": bool(args.amp), "limit_batches": args.limit_batches,
         "config": os.path.abspath(args.config), "data": os.path.abspath(args.data),
         "val_top1": history[-1]["val_top1"], "best_val_top1": max(h["val_top1"] for h in history),
@@ -455,7 +466,11 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
                                "MODEL.RESNETS.DEPTH", str(spec["depth"]), "MODEL.RESNETS.NORM", spec["norm"],
                                "MODEL.RESNETS.STRIDE_IN_1X1", str(spec["stride_in_1x1"]),
                                "MODEL.RESNETS.STEM_OUT_CHANNELS", str(spec["stem_out_channels"]),
-                               "MODEL.RESNETS.RES2_OUT_CHANNELS", str(spec["res2_out_channels"])],
+                               "MODEL.RESNETS.RES2_OUT_CHANNELS", str(spec["res2_out_channels"]),
+                               "MODEL.RESNETS.NUM_GROUPS", str(spec["num_groups"]),
+                               "MODEL.RESNETS.WIDTH_PER_GROUP", str(spec["width_per_group"]),
+                               "INPUT.FORMAT", spec["input_format"], "MODEL.PIXEL_MEAN", str(spec["pixel_mean"]),
+                               "MODEL.PIXEL_STD", str(spec["pixel_std"])],
     }
     if rank == 0:
         save(unwrap(net), result, args.output)
@@ -465,12 +480,16 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
 
 def save(model: nn.Module, meta: Dict[str, object], output: str) -> None:
     """The plain torchvision-named state dict to `output`, `meta` to its sidecar JSON; both atomic."""
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, output)
     atomic_write_text(sidecar_path(output), json.dumps(meta, indent=1) + "\n")
     logger.info("Saved %s (%d tensors, val top-1 %.2f%%) and %s; use it in a detector with %s", output, len(state),
                 meta["val_top1"], sidecar_path(output), " ".join(meta["detector_overrides"]))
+
+
+def _check_finite(loss: float, where: str) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"{where}: the training loss is {loss}; lower --lr or lengthen --warmup-epochs")
 
 
 def _hms(seconds: float) -> str:

@@ -606,14 +606,42 @@ def _stride_hints(model: nn.Module, weights: Weights) -> None:
         logger.warning(
             "%s: FAIR's Caffe2 GN weights stride in the 3x3 conv, but the model strides in the 1x1 "
             "(MODEL.RESNETS.STRIDE_IN_1X1 True); set it False for these weights", weights.path)
-    elif weights.format == "torchvision" and stride_in_1x1:
-        logger.warning(
-            "%s: torchvision ResNets stride in the 3x3 conv, but the model strides in the 1x1 "
-            "(MODEL.RESNETS.STRIDE_IN_1X1 True); set it False for these weights", weights.path)
-    if weights.format == "torchvision":
-        logger.info("%s: torchvision ImageNet weights expect RGB input normalised with mean "
-                    "[123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] (INPUT.FORMAT RGB, MODEL.PIXEL_MEAN, "
-                    "MODEL.PIXEL_STD)", weights.path)
+    elif weights.format == "torchvision":
+        meta = _pretrain_metadata(weights.path)
+        if meta is not None:  # made by tools/pretrain_backbone.py: compare with what it recorded
+            if bool(meta.get("stride_in_1x1")) != bool(stride_in_1x1):
+                logger.warning("%s: pre-trained with STRIDE_IN_1X1 %s but the model has %s", weights.path,
+                               meta.get("stride_in_1x1"), stride_in_1x1)
+            mean = getattr(getattr(model, "transform", None), "image_mean", None)
+            recorded = (meta.get("input") or {}).get("pixel_mean")
+            if mean is not None and recorded is not None and [round(float(m), 3) for m in mean] != \
+                    [round(float(m), 3) for m in recorded]:
+                logger.warning("%s: pre-trained with PIXEL_MEAN %s, the model uses %s", weights.path, recorded, mean)
+        else:
+            if stride_in_1x1:
+                logger.warning(
+                    "%s: torchvision ResNets stride in the 3x3 conv, but the model strides in the 1x1 "
+                    "(MODEL.RESNETS.STRIDE_IN_1X1 True); set it False for these weights", weights.path)
+            logger.info("%s: torchvision ImageNet weights expect RGB input normalised with mean "
+                        "[123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] (INPUT.FORMAT RGB, "
+                        "MODEL.PIXEL_MEAN, MODEL.PIXEL_STD)", weights.path)
+
+
+def _pretrain_metadata(path: str) -> Optional[dict]:
+    """The sidecar JSON that tools/pretrain_backbone.py writes next to its checkpoint, if any."""
+    import json
+
+    from .pretrain import sidecar_path
+
+    sidecar = sidecar_path(path)
+    if not os.path.isfile(sidecar):
+        return None
+    try:
+        with open(sidecar) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        logger.warning("%s: unreadable metadata next to the weights; ignoring it", sidecar)
+        return None
 
 
 def load_weights(model: nn.Module, path: str) -> LoadReport:

@@ -139,11 +139,16 @@ def run_tool(*args, env=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+SYNCBN = ["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN", "MODEL.ROI_BOX_HEAD.NORM", "SyncBN",
+          "MODEL.ROI_MASK_HEAD.NORM", "SyncBN"]
+
+
 @pytest.mark.slow
-def test_two_process_gloo_ddp_trains_and_evaluates(tmp_path):
+@pytest.mark.parametrize("norm", ["GN", "SyncBN"])
+def test_two_process_gloo_ddp_trains_and_evaluates(tmp_path, norm):
     out = tmp_path / "ddp"
     r = run_tool("--config", TINY, "--num-gpus", "2", *SHORT, "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4, 5)",
-                 "OUTPUT_DIR", str(out), env={**os.environ})
+                 *(SYNCBN if norm == "SyncBN" else []), "OUTPUT_DIR", str(out), env={**os.environ})
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = read_metrics(str(out / "metrics.jsonl"))
     assert metrics[-1]["iteration"] == 6 and metrics[-1]["world_size"] == 2
@@ -163,8 +168,7 @@ def test_missing_coco_fails_fast_naming_files(tmp_path):
 
 def test_precise_bn_recomputes_statistics_only(tmp_path):
     """SyncBN config with TEST.PRECISE_BN: same weights as without it, different BN statistics."""
-    bn = ["MODEL.RESNETS.NORM", "SyncBN", "MODEL.FPN.NORM", "SyncBN", "MODEL.ROI_BOX_HEAD.NORM", "SyncBN",
-          "MODEL.ROI_MASK_HEAD.NORM", "SyncBN", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4, 5)",
+    bn = SYNCBN + ["SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4, 5)",
           "TEST.EVAL_PERIOD", "0", "TEST.PRECISE_BN.NUM_ITER", "3"]
     main_worker(cfg_for(tmp_path / "plain", *bn))
     main_worker(cfg_for(tmp_path / "precise", *bn, "TEST.PRECISE_BN.ENABLED", "True"))

@@ -67,7 +67,8 @@ def bn_run(data, tmp_path_factory):
 def test_pretrain_gn_r18_writes_files_and_learns(gn_run):
     out, result = gn_run
     assert out.is_file() and os.path.isfile(sidecar_path(str(out))) and sidecar_path(str(out)).endswith("r18_gn.json")
-    meta = json.loads(open(sidecar_path(str(out))).read())
+    with open(sidecar_path(str(out))) as f:
+        meta = json.load(f)
     assert meta == json.loads(json.dumps(result))
     assert (meta["depth"], meta["norm"], meta["stride_in_1x1"], meta["res2_out_channels"]) == (18, "GN", False, 64)
     assert meta["classes"] == ["cross", "hexagon", "ring", "star"] and meta["epochs"] == 6
@@ -81,7 +82,8 @@ def test_pretrain_gn_r18_writes_files_and_learns(gn_run):
 
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
-    assert {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.bias", "fc.weight", "fc.bias"} <= set(state)
+    assert {"conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.1.bn2.bias", "fc.weight",
+            "fc.bias"} <= set(state)
     assert not any(k.startswith(("module.", "backbone.", "body.")) for k in state)
     assert state["fc.weight"].shape == (4, 512)
     assert read_weights(str(out)).format == "torchvision"
@@ -111,6 +113,11 @@ def test_checkpoint_loads_into_tiny_detector(gn_run):
         got = detector.backbone.body.eval()(x)
     for name in want:
         torch.testing.assert_close(got[name], want[name])
+
+    # the metadata's detector_overrides give any detector config this body, input convention and weights
+    cfg = load_config(CONFIGS / "scratch_gn_r50.yaml", meta["detector_overrides"])
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.WEIGHTS) == (18, 64, str(out))
+    assert list(cfg.MODEL.PIXEL_STD) == meta["input"]["pixel_std"] and cfg.INPUT.FORMAT == "BGR"
 
 
 def test_bn_checkpoint_refused_by_gn_detector(bn_run):
@@ -193,7 +200,8 @@ def test_cli_two_cpu_ranks_syncbn(data, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 2/2" in proc.stderr and "Saved" in proc.stderr
-    meta = json.loads(open(sidecar_path(str(out))).read())
+    with open(sidecar_path(str(out))) as f:
+        meta = json.load(f)
     assert meta["world_size"] == 2 and meta["norm"] == "SyncBN" and meta["iterations"] == 4
     report = load_weights(build_model(tiny_cfg(base="scratch_syncbn_r50.yaml")), str(out))
     assert not [k for k in report.missing if k.startswith(BODY)] and report.mismatched == []

@@ -38,11 +38,11 @@ def main():
     train = get_dataset_spec("synthetic_coco_train")  # generated on first use
     get_dataset_spec("synthetic_coco_val")
     cls_dir = os.path.join(OUT, "classification")
-    make_synthetic_classification(cls_dir, num_per_class=96, seed=0)
+    make_synthetic_classification(cls_dir, num_per_class=512, seed=0)
     log.info("    detection set: %s; classification set: %s", os.path.dirname(os.path.dirname(train.json_file)), cls_dir)
     step("Pre-training a ResNet-18 GN backbone on the classification set (the ImageNet stand-in)",
          "tools/pretrain_backbone.py", "--data", cls_dir, "--config", "configs/demo/pretrained_gn_r18_tiny.yaml",
-         "--size", "64", "--epochs", "6", "--batch-size", "32", "--output", os.path.join(OUT, "backbone", "R-18-GN.pth"))
+         "--size", "32", "--min-scale", "0.35", "--epochs", "8", "--batch-size", "16", "--lr", "0.05", "--output", os.path.join(OUT, "backbone", "R-18-GN.pth"))
     step("Training the detector from scratch and from the pre-trained backbone (submitit, local executor)",
          "launch/submit.py", "--sweep", "launch/sweeps/demo.yaml", "--cluster", "local", "--wait")
     step("Plotting AP curves and the results table", "tools/plot_curves.py", os.path.join(OUT, "sweep"),

@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling import build_model
+from ..modeling.norm import to_torch_syncbn
 from . import comm
 from .checkpoint import Checkpointer, unwrap
 from .events import EventStorage
@@ -49,6 +50,8 @@ class Trainer:
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         torch.manual_seed(cfg.SEED)  # the initial weights depend on SEED alone (same on every rank)
         model = build_model(cfg).to(self.device)
+        if self.world_size > 1 and self.device.type == "cuda":
+            model = to_torch_syncbn(model)  # NCCL SyncBN; ours all-reduces over gloo on CPU
         self.optimizer = build_optimizer(cfg, model)
         if self.world_size > 1:
             ids = [comm.get_local_rank()] if self.device.type == "cuda" else None

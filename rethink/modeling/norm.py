@@ -1,9 +1,10 @@
 """Normalization layers by detectron2 name: "BN", "SyncBN", "FrozenBN", "GN" (32 groups), "" (none).
 
-`SyncBN` means the same thing on every device: on CUDA it is torch's nn.SyncBatchNorm; on CPU with a
-gloo process group the batch statistics are all-reduced here (differentiably), so that a CPU
-multi-process run normalizes over the global batch exactly like the GPU one. Without a process group
-it behaves as plain BatchNorm and says so once.
+`SyncBN` means the same thing on every device: with a gloo process group (CPU) the batch statistics
+are all-reduced here (differentiably), so that a CPU multi-process run normalizes over the global
+batch exactly like the GPU one; on CUDA the trainer swaps these layers for torch's nn.SyncBatchNorm
+(`to_torch_syncbn`). Without a process group it behaves as plain BatchNorm and says so once. It is a
+BatchNorm2d subclass (same parameters and buffers), which DDP accepts on CPU, unlike nn.SyncBatchNorm.
 """
 import logging
 
@@ -18,10 +19,11 @@ logger = logging.getLogger(__name__)
 GN_GROUPS = 32
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """nn.SyncBatchNorm that also synchronizes on CPU (gloo). Same parameters and buffers as BN."""
+class SyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch over all ranks (CPU/gloo)."""
 
     _warned_single = False
+    process_group = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1
@@ -29,8 +31,6 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             if self.training and not SyncBatchNorm._warned_single:
                 logger.info("SyncBN without a multi-process group: it behaves as BatchNorm over the local batch")
                 SyncBatchNorm._warned_single = True
-            return nn.modules.batchnorm._BatchNorm.forward(self, x)
-        if x.is_cuda:
             return super().forward(x)
         return self._cpu_sync_forward(x)
 
@@ -58,6 +58,22 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if self.affine:
             out = out + self.bias.reshape(shape)
         return out
+
+
+def to_torch_syncbn(module: nn.Module) -> nn.Module:
+    """Replace every SyncBatchNorm of ours by torch's nn.SyncBatchNorm (NCCL) with the same state;
+    for CUDA multi-GPU training. Returns the converted module."""
+    if isinstance(module, SyncBatchNorm):
+        new = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats).to(module.weight.device)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        converted = to_torch_syncbn(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
 
 
 def get_norm(name: str, channels: int):
