@@ -12,7 +12,7 @@ import sys
 
 from rethink.slurm import submit_sweep
 from rethink.status import format_states, load_submitted_sweep, run_states, wait
-from rethink.sweep import submissions
+from rethink.sweep import fork_summary, submissions
 
 
 def main(argv=None):
@@ -26,6 +26,8 @@ def main(argv=None):
     rows = wait(sweep, report=lambda r: print(format_states(r), flush=True)) if args.wait else run_states(sweep)
     if not args.wait:
         print(format_states(rows))
+    if fork_summary(sweep):
+        print(fork_summary(sweep))
     if args.resubmit_failed:
         failed = [r["run"] for r in rows if r["state"] in ("failed", "cancelled", "timeout")]
         if failed:

@@ -183,14 +183,22 @@ def plan_table(sweep: Sweep) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     total = sum(r.gpu_hours(res) for r in sweep.runs)
+    lines.append(f"{len(sweep.runs)} runs in one job array (at most {res.array_parallelism} at once), "
+                 f"{sum(r.iterations for r in sweep.runs)} iterations, ~{total:.0f} GPU-hours; output in {sweep.dir}")
+    fork = fork_summary(sweep)
+    if fork:
+        lines.append(fork)
+    return "\n".join(lines)
+
+
+def fork_summary(sweep: Sweep) -> str:
+    """'schedule forking: N iterations computed vs M for separate runs (Kx less compute)', or ''."""
     computed = sum(r.iterations for r in sweep.runs)
     separate = sum(r.max_iter for r in sweep.runs)
-    lines.append(f"{len(sweep.runs)} runs in one job array (at most {res.array_parallelism} at once), "
-                 f"{computed} iterations, ~{total:.0f} GPU-hours; output in {sweep.dir}")
-    if computed != separate:
-        lines.append(f"schedule forking: {computed} iterations computed vs {separate} for separate runs "
-                     f"({separate / computed:.2f}x less compute)")
-    return "\n".join(lines)
+    if computed == separate:
+        return ""
+    return (f"schedule forking: {computed} iterations computed vs {separate} for separate runs "
+            f"({separate / computed:.2f}x less compute)")
 
 
 def record_submission(sweep: Sweep, cluster: str, jobs: Dict[str, str]) -> None:

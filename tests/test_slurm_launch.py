@@ -140,6 +140,6 @@ def test_forked_sweep_of_three_schedules(slurm_cluster, tmp_path):
     assert by["2x"]["job_id"] and by["2x"]["job_id"] != by["4x"]["job_id"]
     m2 = read_metrics(os.path.join(sweep.runs[0].output_dir, "metrics.jsonl"))
     assert [x["iteration"] for x in m2 if "bbox/AP" in x] == [4, 8, 12]  # prefix carried over from the trunk
-    dry = subprocess.run([sys.executable, "launch/submit.py", "--sweep", os.path.join(sweep.dir, "sweep.yaml"),
-                          "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
-    assert "32 iterations computed vs 54 for separate runs" in dry
+    status = subprocess.run([sys.executable, "launch/status.py", sweep.dir], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120).stdout
+    assert "32 iterations computed vs 54 for separate runs" in status and "4x@8" in status and "trunk" in status
