@@ -86,9 +86,8 @@ def make_executor(folder: str, cluster: str, res: Resources, cuda: bool, job_nam
     elif cluster == "local":
         if res.nodes != 1:
             raise ValueError("--cluster local runs on one node; set nodes to 1")
-        params.update(local_signal_delay_s=min(res.signal_delay_s, 30))
-        if cuda:
-            params["visible_gpus"] = tuple(range(res.gpus_per_node))
+        # local jobs run side by side: give each task its share of cores, as SLURM would
+        params["local_setup"] = [f"export OMP_NUM_THREADS={res.cpus_per_task}"]
     executor.update_parameters(**params)
     return executor
 

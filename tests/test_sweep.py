@@ -109,3 +109,24 @@ def test_branch_equals_separately_trained_run(tmp_path):
     for x, y in zip(ma, mb):
         for key in ("bbox/AP", "segm/AP", "bbox/AP50", "segm/AP75", "lr"):
             assert x[key] == pytest.approx(y[key], abs=1e-6), (x["iteration"], key)
+
+
+@pytest.mark.slow
+def test_local_cluster_runs_a_sweep_without_slurm(tmp_path):
+    """--cluster local: the same jobs through submitit's local executor, waited for, then status."""
+    import yaml
+
+    spec = {"name": "loc", "root": str(tmp_path), "config": TINY, "axes": {"seed": [1, 2]},
+            "overrides": ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6",
+                          "SOLVER.STEPS", "(4, 5)", "TEST.EVAL_PERIOD", "6"],
+            "resources": {"gpus_per_node": 1, "cpus_per_task": 1, "time": "00:30:00"}}
+    (tmp_path / "loc.yaml").write_text(yaml.safe_dump(spec))
+    r = subprocess.run([sys.executable, "launch/submit.py", "--sweep", str(tmp_path / "loc.yaml"), "--cluster", "local",
+                        "--wait"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for name in ("s1", "s2"):
+        m = read_metrics(str(tmp_path / "loc" / name / "metrics.jsonl"))
+        assert m[-1]["iteration"] == 6 and "segm/AP" in m[-1]
+    out = subprocess.run([sys.executable, "launch/status.py", str(tmp_path / "loc")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert out.count(" done ") == 2, out

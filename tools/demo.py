@@ -55,6 +55,10 @@ def summarize(start):
 
     with open(os.path.join(OUT, "ap_curves_table.csv")) as f:
         rows = {r["init"]: r for r in csv.DictReader(f)}
+    with open(os.path.join(OUT, "ap_curves.csv")) as f:
+        curve = {}
+        for r in csv.DictReader(f):
+            curve.setdefault(int(r["iteration"]), {})[r["group"].split()[0]] = float(r["box_ap_mean"])
     lines = [f"Done in {(time.time() - start) / 60:.1f} min. Results in {OUT}/:",
              f"  {OUT}/ap_curves.png (+ .pdf, .csv)   box and mask AP vs iterations, scratch vs pre-trained",
              f"  {OUT}/ap_curves_table.md (+ .csv)    one row per run"]
@@ -63,8 +67,10 @@ def summarize(start):
         if r:
             lines.append(f"  {init:>10}: final box AP {float(r['box_AP']):.1f}, mask AP {float(r['mask_AP']):.1f} "
                          f"(best box AP {float(r['box_AP_best']):.1f}) after {r['iters_done']} iterations")
-    lines.append("The curves show how the pre-trained backbone speeds up early training and where the scratch "
-                 "model catches up: the paper's question, in miniature.")
+    both = [(it, v) for it, v in sorted(curve.items()) if {"scratch", "pretrained"} <= set(v)]
+    if both:
+        lines.append("  box AP along the way (scratch / pre-trained): " +
+                     ", ".join(f"it {it}: {v['scratch']:.1f} / {v['pretrained']:.1f}" for it, v in both))
     log.info("\n".join(lines))
 
 
