@@ -29,3 +29,11 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="module")
+def isolated_cache(tmp_path_factory):
+    """$RETHINK_CACHE in a fresh temporary folder for one test module (synthetic data, indexes)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETHINK_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield

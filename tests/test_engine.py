@@ -12,6 +12,8 @@ from rethink.engine.hooks import HookBase
 
 from .conftest import CONFIGS, ROOT
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
 TINY = str(CONFIGS / "demo" / "scratch_gn_r18_tiny.yaml")
 # 12 iterations at batch 2, LR drops at 8 and 10, checkpoint and eval every 6
 SHORT = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "12",
@@ -19,15 +21,6 @@ SHORT = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SO
          "TEST.EVAL_PERIOD", "6", "SEED", "3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    old = os.environ.get("RETHINK_CACHE")
-    os.environ["RETHINK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("RETHINK_CACHE")
-    else:
-        os.environ["RETHINK_CACHE"] = old
 
 
 def cfg_for(out, *extra):

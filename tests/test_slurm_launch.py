@@ -18,7 +18,7 @@ from rethink.sweep import expand
 from .conftest import CONFIGS, ROOT
 from .slurm import slurm_cluster  # noqa: F401
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("isolated_cache")]
 TINY = str(CONFIGS / "demo" / "scratch_gn_r18_tiny.yaml")
 SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "12",
          "SOLVER.STEPS", "(8, 10)", "SOLVER.WARMUP_ITERS", "4", "SOLVER.CHECKPOINT_PERIOD", "6", "TEST.EVAL_PERIOD", "6"]
@@ -29,12 +29,6 @@ def resources(cluster, **kw):
             "array_parallelism": 2, "signal_delay_s": 30, **kw}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    old = os.environ.get("RETHINK_CACHE")
-    os.environ["RETHINK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    os.environ.pop("RETHINK_CACHE") if old is None else os.environ.update(RETHINK_CACHE=old)
 
 
 def weights(path):

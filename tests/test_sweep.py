@@ -13,6 +13,8 @@ from rethink.sweep import SweepError, expand, load_sweep, plan_table
 
 from .conftest import CONFIGS, ROOT
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
 SWEEPS = ROOT / "launch" / "sweeps"
 TINY = str(CONFIGS / "demo" / "scratch_gn_r18_tiny.yaml")
 
@@ -75,12 +77,6 @@ FORK = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOL
         "SOLVER.WARMUP_ITERS", "3", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "6", "SEED", "5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    old = os.environ.get("RETHINK_CACHE")
-    os.environ["RETHINK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    os.environ.pop("RETHINK_CACHE") if old is None else os.environ.update(RETHINK_CACHE=old)
 
 
 def test_branch_equals_separately_trained_run(tmp_path):

@@ -70,3 +70,16 @@ def test_single_process_syncbn_is_batchnorm_and_says_so_once(caplog):
     torch.testing.assert_close(sbn.running_var, bn.running_var)
     assert sum("behaves as BatchNorm" in r.message for r in caplog.records) == 1
     assert set(sbn.state_dict()) == set(bn.state_dict())
+
+
+def test_to_torch_syncbn_keeps_state_and_leaves_other_norms():
+    from rethink.modeling.norm import to_torch_syncbn
+
+    model = nn.Sequential(get_norm("SyncBN", 4), nn.Sequential(get_norm("BN", 4), get_norm("SyncBN", 4)))
+    with torch.no_grad():
+        model[0].running_mean.fill_(3.0)
+        model[1][1].weight.fill_(2.0)
+    out = to_torch_syncbn(model)
+    assert type(out[0]) is nn.SyncBatchNorm and type(out[1][1]) is nn.SyncBatchNorm
+    assert type(out[1][0]) is nn.BatchNorm2d
+    assert torch.equal(out[0].running_mean, torch.full((4,), 3.0)) and torch.equal(out[1][1].weight, torch.full((4,), 2.0))

@@ -60,20 +60,31 @@ class SyncBatchNorm(nn.BatchNorm2d):
         return out
 
 
+def replace_modules(module: nn.Module, convert) -> nn.Module:
+    """`convert(m)` gives a replacement for a module or None to keep it (and look inside); applied
+    top-down. Returns the (possibly replaced) module."""
+    new = convert(module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        replaced = replace_modules(child, convert)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module
+
+
+def _torch_syncbn(m: nn.Module):
+    if not isinstance(m, SyncBatchNorm):
+        return None
+    new = nn.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats).to(m.weight.device)
+    new.load_state_dict(m.state_dict())
+    return new.train(m.training)
+
+
 def to_torch_syncbn(module: nn.Module) -> nn.Module:
     """Replace every SyncBatchNorm of ours by torch's nn.SyncBatchNorm (NCCL) with the same state;
     for CUDA multi-GPU training. Returns the converted module."""
-    if isinstance(module, SyncBatchNorm):
-        new = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats).to(module.weight.device)
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        converted = to_torch_syncbn(child)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
+    return replace_modules(module, _torch_syncbn)
 
 
 def get_norm(name: str, channels: int):
@@ -98,21 +109,21 @@ def norm_factory(name: str):
     return lambda channels: get_norm(name, channels)
 
 
+def _frozen_bn(m: nn.Module):
+    if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return None
+    frozen = FrozenBatchNorm2d(m.num_features, eps=m.eps)
+    if m.affine:
+        frozen.weight.copy_(m.weight.detach())
+        frozen.bias.copy_(m.bias.detach())
+    if m.track_running_stats:
+        frozen.running_mean.copy_(m.running_mean)
+        frozen.running_var.copy_(m.running_var)
+    return frozen
+
+
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every (Sync)BatchNorm in `module` with a FrozenBatchNorm2d holding its statistics
     (what detectron2 does to frozen stages); returns the converted module."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        if module.affine:
-            frozen.weight.copy_(module.weight.detach())
-            frozen.bias.copy_(module.bias.detach())
-        if module.track_running_stats:
-            frozen.running_mean.copy_(module.running_mean)
-            frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        new = freeze_batchnorm(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
+    return replace_modules(module, _frozen_bn)
 
