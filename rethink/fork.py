@@ -37,6 +37,12 @@ def plan_forks(runs) -> None:
     for members in groups.values():
         if len(members) < 2:
             continue
+        unseeded = [r.name for r in members if r.seed < 0]
+        if unseeded:
+            from .sweep import SweepError
+
+            raise SweepError(f"fork_schedules needs an explicit SEED (a 'seed' axis or a SEED override): "
+                             f"{', '.join(unseeded)} would each draw their own")
         trunk = max(members, key=lambda r: r.max_iter)
         for b in members:
             if b is trunk or not b.steps:
@@ -83,9 +89,19 @@ def prepare_branch(cfg, fork_from: dict, rank: int = 0, timeout_s: float = 600.0
     logger.info("Branch %s starts from %s (iteration %d) with %d metric lines of the trunk", out, src, k, len(lines))
 
 
+STALE_CLAIM_S = 600
+
+
 def claim_branch(branch_dir: str) -> bool:
-    """Atomically create the branch's marker; False if it already exists (submitted before)."""
+    """Atomically create the branch's marker; False if it already exists (submitted before). An
+    empty marker older than STALE_CLAIM_S (a submitter killed mid-way) is taken over."""
     os.makedirs(branch_dir, exist_ok=True)
+    marker = os.path.join(branch_dir, MARKER)
+    try:
+        if os.path.getsize(marker) == 0 and time.time() - os.path.getmtime(marker) > STALE_CLAIM_S:
+            os.remove(marker)
+    except OSError:
+        pass
     try:
         fd = os.open(os.path.join(branch_dir, MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -109,8 +125,8 @@ class BranchSubmitter:
     def check(self) -> None:
         for b in self.branches:
             ckpt = fork_checkpoint(b["fork_from"]["trunk_dir"], b["fork_from"]["iteration"])
-            marker = os.path.join(b["output_dir"], MARKER)
-            if os.path.isfile(ckpt) and not os.path.isfile(marker) and claim_branch(b["output_dir"]):
+            if os.path.isfile(ckpt) and claim_branch(b["output_dir"]):
+                marker = os.path.join(b["output_dir"], MARKER)
                 try:
                     job_id = self.submit_fn(b)
                 except Exception:
@@ -127,7 +143,8 @@ class BranchSubmitter:
             except Exception:  # keep watching; the final check in stop() raises
                 logger.exception("branch submission failed; retrying")
 
-    def stop(self):
+    def stop(self, final_check: bool = True):
         self._stop.set()
         self._thread.join()
-        self.check()
+        if final_check:
+            self.check()

@@ -28,11 +28,24 @@ Output (rank 0 only, each file written atomically):
     schedule, per-epoch history, final val top-1, and ``detector_overrides``: the KEY VALUE pairs that
     give a detector this body and input convention); see :func:`sidecar_path`.
 
+Resuming (preemptible clusters): rank 0 writes ``OUTPUT.state.pth`` (:func:`state_path`, atomically)
+at the end of every epoch and, with ``--checkpoint-period N``, every N iterations; it holds the
+weights, the optimizer, the position (epochs, batches, iterations: the LR schedule's), the history and
+the settings (format: :func:`save_state`). ``--resume`` continues from it on every rank if it exists,
+else starts from scratch (and says so); it is refused, naming the file and each differing setting,
+if that run had another architecture, input, data, batch, epochs, schedule or seed. A resumed run
+trains on the same batches with the same augmentations as an uninterrupted one (the data order is a
+function of (seed, epoch), each image's crop and flip of (seed, epoch, index): :class:`EpochSampler`,
+:class:`SeededAugmentation`), so it ends with the same weights (bit for bit on CPU; another
+``--num-gpus`` gives each iteration the same images). The state file is kept at the end: ``--resume``
+on a finished run rewrites the output without training; delete it once done.
+
 Pre-train with the config you will fine-tune with (or give the detector ``detector_overrides``):
 channel order and PIXEL_MEAN must agree; PIXEL_STD too with BN (a GN body, whose stem conv has no
 bias, is invariant to the input scale).
 """
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -110,6 +123,15 @@ def build_argument_parser(description: Optional[str] = None) -> argparse.Argumen
     p.add_argument("--limit-batches", type=int, default=0, metavar="N",
                    help="at most N train and N val batches per epoch (smoke runs; 0 = all)")
     p.add_argument("--log-period", type=int, default=100, metavar="ITERS", help="log training every ITERS iterations")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in OUTPUT.state.pth (written at the end of every epoch) if it exists, "
+                        "else start from scratch; refused if that run had other settings (architecture, input, data, "
+                        "batch, epochs, schedule, seed)")
+    p.add_argument("--checkpoint-period", type=int, default=0, metavar="ITERS",
+                   help="also write OUTPUT.state.pth every ITERS iterations within an epoch (default 0: at the end of "
+                        "every epoch only); --resume continues mid-epoch, with the batches an uninterrupted run sees")
+    # tests: behave as if preempted after iteration N (after writing any state due at N), raising PretrainStopped
+    p.add_argument("--stop-after-iteration", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help=f"detector config overrides, only these keys: {', '.join(OVERRIDABLE)}")
     return p
@@ -119,6 +141,12 @@ def sidecar_path(output: str) -> str:
     """The metadata file next to the checkpoint: ``r50_gn.pth`` -> ``r50_gn.json``."""
     stem, ext = os.path.splitext(output)
     return (stem if ext == ".pth" else output) + ".json"
+
+
+def state_path(output: str) -> str:
+    """The training-state file next to the checkpoint, for --resume: ``r50_gn.pth`` -> ``r50_gn.state.pth``."""
+    stem, ext = os.path.splitext(output)
+    return (stem if ext == ".pth" else output) + ".state.pth"
 
 
 def backbone_spec(cfg) -> Dict[str, object]:
@@ -171,11 +199,92 @@ def resolve(args: argparse.Namespace) -> Dict[str, object]:
         raise RuntimeError("--device cuda but CUDA is not available; use --device cpu")
     if (args.device or "cpu") == "cuda" and args.num_gpus > torch.cuda.device_count():
         raise RuntimeError(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+    for name in ("checkpoint_period", "stop_after_iteration"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if args.resume and os.path.isfile(state_path(args.output)):
+        # the settings known without reading the whole train/ tree: refused here, before any rank starts
+        check_resumable(read_state(state_path(args.output), mmap=True), run_settings(args, spec, train_classes),
+                        state_path(args.output))
     return spec
 
 
 def _class_dirs(root: str) -> List[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+# ------------------------------------------------------------------------------------------------
+# training state (--resume)
+# ------------------------------------------------------------------------------------------------
+
+STATE_FORMAT = "rethink.pretrain.state"
+STATE_VERSION = 1
+
+
+class ResumeMismatchError(ValueError):
+    """--resume with a state file written by a run with other settings."""
+
+
+class PretrainStopped(RuntimeError):
+    """Raised by every rank at --stop-after-iteration (a simulated preemption, for tests)."""
+
+
+def run_settings(args: argparse.Namespace, spec: Dict[str, object], classes: Sequence[str],
+                 data: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """What a resumed run must share with the one that wrote the state, named as the user sets it
+    (config key or option). `data` adds what is known once the train/ tree has been read (image
+    counts, the global batch actually used, iterations per epoch)."""
+    settings = {key: spec[name] for key, name in (
+        ("MODEL.RESNETS.DEPTH", "depth"), ("MODEL.RESNETS.NORM", "norm"), ("MODEL.RESNETS.STRIDE_IN_1X1", "stride_in_1x1"),
+        ("MODEL.RESNETS.STEM_OUT_CHANNELS", "stem_out_channels"),
+        ("MODEL.RESNETS.RES2_OUT_CHANNELS", "res2_out_channels"), ("MODEL.RESNETS.NUM_GROUPS", "num_groups"),
+        ("MODEL.RESNETS.WIDTH_PER_GROUP", "width_per_group"), ("INPUT.FORMAT", "input_format"),
+        ("MODEL.PIXEL_MEAN", "pixel_mean"), ("MODEL.PIXEL_STD", "pixel_std"))}
+    settings.update({
+        "--zero-init-residual": bool(args.zero_init_residual), "--size": args.size, "--min-scale": args.min_scale,
+        "--epochs": args.epochs, "--batch-size": args.batch_size,
+        "--lr": args.lr if args.lr is not None else 0.1 * args.batch_size / 256,
+        "--weight-decay": args.weight_decay, "--schedule": args.schedule,
+        "--lr-steps": _step_epochs(args) if args.schedule == "step" else None,
+        "--warmup-epochs": args.warmup_epochs, "--seed": args.seed, "--amp": bool(args.amp),
+        "--limit-batches": args.limit_batches, "classes (--data train/ folders)": list(classes),
+    })
+    settings.update(data or {})
+    return settings
+
+
+def _step_epochs(args: argparse.Namespace) -> List[int]:
+    return list(args.lr_steps) if args.lr_steps else [int(round(args.epochs * f)) for f in STEP_FRACTIONS]
+
+
+def read_state(path: str, mmap: bool = False) -> Dict[str, object]:
+    """A training-state file (see :func:`save_state`), checked to be one; tensors on the CPU."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # any unreadable file gets the same explanation
+        raise ValueError(f"--resume: cannot read the training state {path}: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"--resume: {path} is not a training state of rethink.pretrain (no format "
+                         f"{STATE_FORMAT!r}); move it away or choose another --output")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"--resume: {path} has state version {state.get('version')}, this code reads "
+                         f"{STATE_VERSION}; start over with another --output")
+    return state
+
+
+def check_resumable(state: Dict[str, object], settings: Dict[str, object], path: str) -> None:
+    """Raise :class:`ResumeMismatchError` naming every setting in `settings` that differs from the
+    state's (a setting the state lacks counts as differing)."""
+    saved = state["settings"]
+    missing = object()
+    diff = [f"{key} (state: {saved.get(key, missing)!r}, now: {value!r})" if key in saved else
+            f"{key} (not in the state, now: {value!r})"
+            for key, value in settings.items() if saved.get(key, missing) != value]
+    if diff:
+        raise ResumeMismatchError(
+            f"--resume: {path} was written by a run with other settings, so this run cannot continue it; "
+            f"differing: {'; '.join(diff)}. Resume with that run's settings, or start over with another --output "
+            f"(or delete {path})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,8 +355,57 @@ def build_transform(spec: Dict[str, object], size: int, train: bool, min_scale: 
     return T.Compose([T.Resize(int(round(size / VAL_RESIZE_RATIO))), T.CenterCrop(size), to_input])
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the augmentation of training image `index` in `epoch` (a 32-bit value: all of
+    what the torch CPU generator's Mersenne Twister uses)."""
+    return int(np.random.SeedSequence((seed % 2 ** 64, epoch, index)).generate_state(1)[0])
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """``dataset[(epoch, index)]`` is ``base[index]`` with its random augmentation drawn from a torch
+    CPU generator seeded by :func:`sample_seed` (the process's generator state is put back after).
+    So an image's crop and flip in an epoch depend on (seed, epoch, index) only: not on the rank,
+    the loading process (--workers) or what was loaded before it, and a resumed run (even
+    mid-epoch) draws what an uninterrupted one draws."""
+
+    def __init__(self, base, seed: int):
+        self.base, self.seed = base, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        saved = torch.get_rng_state()
+        torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+        try:
+            return self.base[index]
+        finally:
+            torch.set_rng_state(saved)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A DistributedSampler's indices (this rank's share of the shuffle seeded by seed + epoch) as
+    ``(epoch, index)`` keys for :class:`SeededAugmentation`; ``set_epoch(epoch, skip)`` drops the
+    first `skip` of them (a mid-epoch resume)."""
+
+    def __init__(self, base):
+        self.base, self.epoch, self.skip = base, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.base.set_epoch(epoch)
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in itertools.islice(iter(self.base), self.skip, None))
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)
+
+
 def build_loaders(args, spec, rank: int, world: int):
-    """Train loader (DistributedSampler: shuffled per epoch, seeded, drop_last) and this rank's
+    """Train loader (:class:`EpochSampler` over a DistributedSampler: shuffled per epoch, seeded,
+    drop_last; augmentations seeded per image by :class:`SeededAugmentation`) and this rank's
     shard of val (every image counted once over the ranks); also the classes, the number of val
     images and the global batch size (--batch-size, or the training set size if that is smaller)."""
     from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -265,9 +423,10 @@ def build_loaders(args, spec, rank: int, world: int):
             logger.warning("--batch-size %d is larger than the training set (%d images): using %d",
                            args.batch_size, len(train_set), batch)
     per_rank = batch // world
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                              drop_last=True))
     common = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda")
-    train = DataLoader(train_set, per_rank, sampler=sampler, drop_last=True,
+    train = DataLoader(SeededAugmentation(train_set, args.seed), per_rank, sampler=sampler, drop_last=True,
                        generator=torch.Generator().manual_seed(args.seed + 1000 * rank), **common)
     val = DataLoader(Subset(val_set, list(range(rank, len(val_set), world))), per_rank, shuffle=False, **common)
     return train, val, sampler, train_set.classes, len(val_set), batch
@@ -367,11 +526,46 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
         device = torch.device("cpu")
 
     train_loader, val_loader, sampler, classes, num_val, batch = build_loaders(args, spec, rank, world)
+    per_rank = batch // world
+    iters_per_epoch = len(train_loader) if not args.limit_batches else min(len(train_loader), args.limit_batches)
+    settings = run_settings(args, spec, classes, {
+        "training images (--data train/)": len(train_loader.dataset), "validation images (--data val/)": num_val,
+        "global batch used": batch, "iterations per epoch (with --num-gpus)": iters_per_epoch})
+    state_file = state_path(args.output)
+    state = None
+    if args.resume and os.path.isfile(state_file):
+        state = read_state(state_file)  # every rank reads it: same weights, optimizer and position everywhere
+        check_resumable(state, settings, state_file)
+    elif args.resume and rank == 0:
+        logger.info("--resume: no training state %s: starting from scratch", state_file)
+    elif rank == 0 and os.path.isfile(state_file):
+        logger.warning("%s (an earlier run's training state) will be overwritten at the end of the first epoch; "
+                       "pass --resume to continue that run instead", state_file)
+
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
     model = ResNetClassifier.from_spec(spec, len(classes), args.zero_init_residual).to(device)
-    torch.manual_seed(args.seed + 1000 * rank)  # augmentations in the main process (--workers 0) differ by rank
     base_lr = args.lr if args.lr is not None else 0.1 * batch / 256
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=base_lr, momentum=MOMENTUM)
+    # where the run stands: epochs done, batches done in the next epoch, iterations done (the LR
+    # schedule's position), per-epoch history, and the partial epoch's sums and time
+    epoch0, batch0, it, history, partial, epoch_time0, time0 = 0, 0, 0, [], torch.zeros(3, dtype=torch.float64), 0.0, 0.0
+    lr = base_lr
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch0, batch0, it, history = int(state["epoch"]), int(state["batch"]), int(state["iteration"]), \
+            list(state["history"])
+        partial, epoch_time0, time0, lr = state["epoch_sums"].double(), float(state["epoch_time_s"]), \
+            float(state["time_s"]), float(state["lr"])
+        if rank == 0:
+            for name, was, now in (("--data", state["data"], os.path.abspath(args.data)),
+                                   ("--num-gpus (world size)", state["world_size"], world)):
+                if was != now:
+                    logger.warning("--resume: %s was %s, now %s (allowed: every iteration gets the same images; "
+                                   "with per-GPU BN the statistics are over other numbers of images)", name, was, now)
+            logger.info("Resuming from %s: %d/%d epochs and %d batches done, iteration %d", state_file, epoch0,
+                        args.epochs, batch0, it)
+        del state
     net, average_grads = model, False
     if world > 1 and device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
         # DDP refuses SyncBatchNorm on CPU; our SyncBN all-reduces its statistics itself, so only the
@@ -381,10 +575,9 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
     elif world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    iters_per_epoch = len(train_loader) if not args.limit_batches else min(len(train_loader), args.limit_batches)
     total = iters_per_epoch * args.epochs
     warmup = int(round(args.warmup_epochs * iters_per_epoch))
-    step_epochs = args.lr_steps if args.lr_steps else [int(round(args.epochs * f)) for f in STEP_FRACTIONS]
+    step_epochs = _step_epochs(args)
     steps = [e * iters_per_epoch for e in step_epochs]
     if rank == 0:
         logger.info("Pre-training ResNet-%d (%s, stride_in_1x1 %s, stem %d, res2 %d) on %s: %d classes, %d train / %d "
@@ -398,13 +591,35 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
                     f" (x0.1 at epochs {step_epochs})" if args.schedule == "step" else "", warmup,
                     args.weight_decay, args.seed)
 
-    history, it, start = [], 0, time.perf_counter()
-    for epoch in range(args.epochs):
-        sampler.set_epoch(epoch)
+    def checkpoint(epoch: int, done: int, sums: Optional[torch.Tensor], epoch_time: float) -> None:
+        """The training state after `done` batches of 0-based `epoch` (done == 0: `epoch` epochs
+        complete). `sums` (this rank's partial-epoch sums) is all-reduced, so every rank calls this."""
+        sums = _all_reduce_sum(sums.cpu()) if sums is not None else torch.zeros(3, dtype=torch.float64)
+        if rank == 0:
+            save_state(state_file, model=unwrap(net), optimizer=optimizer, settings=settings, epoch=epoch, batch=done,
+                       iteration=it, lr=lr, history=history, epoch_sums=sums, epoch_time_s=epoch_time,
+                       time_s=time0 + time.perf_counter() - start, world_size=world, data=os.path.abspath(args.data))
+
+    def stop(where: str) -> None:
+        if args.stop_after_iteration and it >= args.stop_after_iteration:
+            if rank == 0:
+                logger.warning("Stopping after iteration %d (%s) as asked by --stop-after-iteration; %s holds the "
+                               "last saved state", it, where, state_file)
+            raise PretrainStopped(f"stopped after iteration {it} (--stop-after-iteration {args.stop_after_iteration})")
+
+    it0, start = it, time.perf_counter()
+    if epoch0 >= args.epochs and rank == 0:
+        logger.info("%s holds a finished run (%d epochs): writing the output from it without training", state_file,
+                    epoch0)
+    for epoch in range(epoch0, args.epochs):
+        skip = batch0 if epoch == epoch0 else 0
+        sampler.set_epoch(epoch, skip * per_rank)
         net.train()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - (epoch_time0 if skip else 0.0)
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        for i, (images, labels) in enumerate(train_loader):
+        if skip and rank == 0:  # the batches before the mid-epoch state, summed over all ranks
+            sums += partial.to(device)
+        for i, (images, labels) in enumerate(train_loader, start=skip):
             if i >= iters_per_epoch:
                 break
             lr = lr_at(it, total, base_lr, warmup, args.schedule, steps)
@@ -428,8 +643,12 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
                 elapsed = time.perf_counter() - start
                 if rank == 0:
                     logger.info("epoch %d/%d iter %d/%d: loss %.4f, lr %.4g, %.1f img/s, eta %s", epoch + 1,
-                                args.epochs, it, total, loss.item(), lr, it * batch / elapsed,
-                                _hms(elapsed / it * (total - it)))
+                                args.epochs, it, total, loss.item(), lr, (it - it0) * batch / elapsed,
+                                _hms(elapsed / (it - it0) * (total - it)))
+            if i + 1 < iters_per_epoch:  # the end of the epoch is saved below, after validation
+                if args.checkpoint_period and it % args.checkpoint_period == 0:
+                    checkpoint(epoch, i + 1, sums, time.perf_counter() - t0)
+                stop(f"epoch {epoch + 1}, batch {i + 1}")
         train = _all_reduce_sum(sums.cpu())
         train_loss = train[0].item() / max(train[2].item(), 1.0)
         _check_finite(train_loss, f"epoch {epoch + 1}")
@@ -442,6 +661,8 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
             logger.info("epoch %d/%d: loss %.4f, train top-1 %.2f%%, val top-1 %.2f%% (val loss %.4f, %d images), "
                         "lr %.4g, %.1f s", epoch + 1, args.epochs, row["loss"], row["train_top1"], row["val_top1"],
                         row["val_loss"], val["images"], row["lr"], row["time_s"])
+        checkpoint(epoch + 1, 0, None, 0.0)
+        stop(f"end of epoch {epoch + 1}")
 
     result = {
         "format": "torchvision",
@@ -460,7 +681,7 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
         "config": os.path.abspath(args.config), "data": os.path.abspath(args.data),
         "val_top1": history[-1]["val_top1"], "best_val_top1": max(h["val_top1"] for h in history),
         "train_top1": history[-1]["train_top1"], "loss": history[-1]["loss"], "history": history,
-        "time_s": time.perf_counter() - start, "torch": torch.__version__,
+        "time_s": time0 + time.perf_counter() - start, "torch": torch.__version__,
         "checkpoint": os.path.abspath(args.output),
         "detector_overrides": ["MODEL.WEIGHTS", os.path.abspath(args.output),
                                "MODEL.RESNETS.DEPTH", str(spec["depth"]), "MODEL.RESNETS.NORM", spec["norm"],
@@ -474,8 +695,52 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
     }
     if rank == 0:
         save(unwrap(net), result, args.output)
+        logger.info("Kept the training state %s: --resume with it rewrites %s without training; delete it once "
+                    "done", state_file, args.output)
     comm.synchronize()
     return result
+
+
+def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, settings: Dict[str, object],
+               epoch: int, batch: int, iteration: int, lr: float, history: List[dict], epoch_sums: torch.Tensor,
+               epoch_time_s: float, time_s: float, world_size: int, data: str) -> None:
+    """Write the training state for --resume, atomically (rank 0 only). Only tensors, dicts, lists,
+    strings, numbers, booleans and None, so ``torch.load(path, weights_only=True)`` reads it:
+
+    - ``format`` ("rethink.pretrain.state"), ``version`` (1)
+    - ``settings``: what a resumed run must match (:func:`run_settings`: architecture, input, data,
+      batch, epochs, schedule, seed), keyed by the config key or option that sets it
+    - ``model``: the classifier's state dict (torchvision names, as the final output), CPU tensors
+    - ``optimizer``: SGD's state dict (momentum buffers, param groups)
+    - ``epoch``: epochs completed; ``batch``: batches done in the next one (0 at the end of an epoch)
+    - ``iteration``: iterations done, the LR schedule's position (the next LR is
+      ``lr_at(iteration, ...)`` of the settings); ``lr``: the last LR used
+    - ``history``: the per-epoch rows of the sidecar JSON so far
+    - ``epoch_sums``: float64 [loss sum, correct, images] of the unfinished epoch over all ranks,
+      ``epoch_time_s`` its time so far; ``time_s``: training time so far
+    - ``world_size``, ``data`` (absolute --data), ``torch``: informative, may differ on resume
+
+    No RNG state is needed: the data order is a function of (seed, epoch) and each image's
+    augmentation of (seed, epoch, index) (:class:`EpochSampler`, :class:`SeededAugmentation`)."""
+    atomic_torch_save({
+        "format": STATE_FORMAT, "version": STATE_VERSION, "settings": settings,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "epoch": epoch, "batch": batch, "iteration": iteration, "lr": float(lr), "history": list(history),
+        "epoch_sums": epoch_sums.detach().double().cpu(), "epoch_time_s": float(epoch_time_s), "time_s": float(time_s),
+        "world_size": world_size, "data": data, "torch": str(torch.__version__),
+    }, path)
+    logger.info("Saved the training state %s (%d epochs + %d batches, iteration %d)", path, epoch, batch, iteration)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def save(model: nn.Module, meta: Dict[str, object], output: str) -> None:

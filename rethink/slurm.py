@@ -208,8 +208,9 @@ class TrunkJob(TrainJob):
 
     def submit_branch(self, branch: dict) -> str:
         executor = make_executor(self.folder, self.cluster, self.resources, self.cuda, self.job_name)
-        job = executor.submit(TrainJob(branch["config"], branch["overrides"], branch["output_dir"],
-                                       fork_from=branch["fork_from"]))
+        with submitit.helpers.clean_env():  # not this job's SLURM_* / RANK / MASTER_* variables
+            job = executor.submit(TrainJob(branch["config"], branch["overrides"], branch["output_dir"],
+                                           fork_from=branch["fork_from"]))
         return job.job_id
 
     def __call__(self):
@@ -218,10 +219,14 @@ class TrunkJob(TrainJob):
         watcher = BranchSubmitter(self.branches, self.submit_branch).start() \
             if submitit.JobEnvironment().global_rank == 0 else None
         try:
-            return super().__call__()
-        finally:
+            result = super().__call__()
+        except BaseException:
             if watcher:
-                watcher.stop()
+                watcher.stop(final_check=False)  # don't let a submission error mask the training error
+            raise
+        if watcher:
+            watcher.stop()
+        return result
 
     def checkpoint(self, *args, **kwargs):
         logger.warning("Job signalled (timeout or preemption): requeueing trunk %s", self.output_dir)

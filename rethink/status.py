@@ -107,6 +107,11 @@ def run_states(sweep: Sweep) -> List[dict]:
             state = f"running (requeued {row['starts'] - 1}x)"
         row["state"] = state
         rows.append(row)
+    states = {row["run"]: row["state"] for row in rows}
+    for r, row in zip(sweep.runs, rows):  # a branch whose trunk ended without reaching the fork point
+        trunk = states.get(r.fork_from["trunk"]) if r.fork_from else None
+        if row["state"].startswith("waiting") and trunk in ("failed", "cancelled", "timeout", "done"):
+            row["state"] = f"blocked: trunk {trunk} before iteration {r.fork_from['iteration']}"
     return rows
 
 
@@ -131,7 +136,7 @@ def wait(sweep: Sweep, poll_s: float = 10.0, timeout_s: Optional[float] = None, 
         if summary != last and report:
             report(rows)
         last = summary
-        if all(r["state"] in ("done", "failed", "cancelled") for r in rows):
+        if all(r["state"] in ("done", "failed", "cancelled") or r["state"].startswith("blocked") for r in rows):
             return rows
         if timeout_s and time.time() - start > timeout_s:
             raise TimeoutError(f"sweep {sweep.name}: not finished after {timeout_s:.0f} s")

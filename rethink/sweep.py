@@ -20,6 +20,7 @@
 Every run's config is loaded and validated at expansion time, so a bad key fails before anything
 is submitted.
 """
+import dataclasses
 import itertools
 import json
 import os
@@ -57,6 +58,7 @@ class RunSpec:
     depth: int = 50
     steps: tuple = ()
     warmup_iters: int = 0
+    seed: int = -1
     fork_from: Optional[dict] = None  # {"trunk": run name, "trunk_dir": ..., "iteration": k}
     checkpoint_iters: List[int] = field(default_factory=list)
 
@@ -163,7 +165,7 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
             raise SweepError(f"{source}: run {run_name}: {e}") from None
         runs.append(RunSpec(run_name, config, overrides, output_dir, values, cfg.SOLVER.MAX_ITER,
                             cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.RESNETS.DEPTH, tuple(cfg.SOLVER.STEPS),
-                            cfg.SOLVER.WARMUP_ITERS))
+                            cfg.SOLVER.WARMUP_ITERS, cfg.SEED))
     if spec.get("fork_schedules"):
         from .fork import plan_forks
 
@@ -205,7 +207,9 @@ def record_submission(sweep: Sweep, cluster: str, jobs: Dict[str, str]) -> None:
     """Append {time, cluster, run -> job id} to <sweep dir>/submissions.jsonl and save the sweep spec."""
     os.makedirs(sweep.dir, exist_ok=True)
     with open(os.path.join(sweep.dir, "sweep.yaml"), "w") as f:
-        yaml.safe_dump({**sweep.source, "name": sweep.name, "root": sweep.root}, f, sort_keys=False)
+        # flags given at submission (partition, account, ...) are kept, so resubmission asks for the same
+        yaml.safe_dump({**sweep.source, "name": sweep.name, "root": sweep.root,
+                        "resources": dataclasses.asdict(sweep.resources)}, f, sort_keys=False)
     with open(os.path.join(sweep.dir, "submissions.jsonl"), "a") as f:
         f.write(json.dumps({"time": time.time(), "cluster": cluster, "jobs": jobs}) + "\n")
 

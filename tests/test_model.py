@@ -157,3 +157,20 @@ def test_eval_outputs_in_requested_size_and_background_is_padding():
 def test_mask_off_builds_faster_rcnn():
     model = build_model(tiny_cfg("MODEL.MASK_ON", "False"))
     assert not model.roi_heads.has_mask()
+
+
+def test_anchors_on_fixed_fpn_strides_and_unrounded():
+    """detectron2's anchors: P6 on a 64 px grid even when the padded side (800) is not a multiple of 64."""
+    from torchvision.models.detection.image_list import ImageList
+
+    gen = build_model(tiny_cfg()).rpn.anchor_generator
+    sizes = [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]  # 800 x 1344 input
+    feats = [torch.zeros(1, 1, h, w) for h, w in sizes]
+    anchors = gen(ImageList(torch.zeros(1, 3, 800, 1344), [(800, 1344)]), feats)[0]
+    assert anchors.shape[0] == 3 * sum(h * w for h, w in sizes)
+    p6 = anchors[-3 * 13 * 21:]
+    centers_x = ((p6[:, 0] + p6[:, 2]) / 2).unique()
+    assert centers_x[1] - centers_x[0] == 64 and centers_x.max() == 64 * 20
+    cell = gen.cell_anchors[0]  # 32 px on P2, ratios 0.5, 1, 2: detectron2 does not round
+    assert not torch.equal(cell, cell.round())
+    assert torch.allclose((cell[:, 2] - cell[:, 0]) * (cell[:, 3] - cell[:, 1]), torch.full((3,), 1024.0))

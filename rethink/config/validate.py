@@ -47,6 +47,17 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
     one_of("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", [False])
     one_of("MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", [False])
     one_of("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", [False])
+    # detectron2 keys whose other values this model does not implement
+    one_of("MODEL.RPN.BBOX_REG_LOSS_TYPE", ["smooth_l1"])
+    one_of("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", ["smooth_l1"])
+    one_of("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", [True])
+    one_of("MODEL.RPN.BOUNDARY_THRESH", [-1])
+    one_of("MODEL.PROPOSAL_GENERATOR.MIN_SIZE", [0])
+    one_of("SOLVER.REFERENCE_WORLD_SIZE", [0])  # this project scales by SOLVER.REFERENCE_IMS_PER_BATCH
+    if list(cfg.MODEL.RPN.IOU_LABELS) != [0, -1, 1]:
+        fail("MODEL.RPN.IOU_LABELS", "only [0, -1, 1] is implemented")
+    if list(cfg.MODEL.ROI_HEADS.IOU_LABELS) != [0, 1] or len(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS) != 1:
+        fail("MODEL.ROI_HEADS.IOU_LABELS", "only one IoU threshold with labels [0, 1] is implemented")
     if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
         fail("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "deformable convolutions are not implemented")
     if cfg.MODEL.RESNETS.DEPTH in (18, 34):

@@ -43,8 +43,9 @@ def set_rng_state(state: dict) -> None:
 
 
 class Checkpointer:
-    def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True):
+    def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True, scaler=None):
         self.model, self.optimizer, self.output_dir, self.save_to_disk = model, optimizer, output_dir, save_to_disk
+        self.scaler = scaler  # AMP GradScaler: its scale must survive a resume too
 
     def path(self, name: str) -> str:
         return os.path.join(self.output_dir, f"{name}.pth")
@@ -56,6 +57,8 @@ class Checkpointer:
         data = {"model": unwrap(self.model).state_dict(), "iteration": iteration, "rng": rng_state(), **extra}
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
+        if self.scaler is not None:
+            data["scaler"] = self.scaler.state_dict()
         path = self.path(name)
         atomic_torch_save(data, path)
         atomic_write_text(os.path.join(self.output_dir, LAST), os.path.basename(path))
@@ -78,6 +81,8 @@ class Checkpointer:
         unwrap(self.model).load_state_dict(data["model"])
         if self.optimizer is not None and "optimizer" in data:
             self.optimizer.load_state_dict(data["optimizer"])
+        if self.scaler is not None and "scaler" in data:
+            self.scaler.load_state_dict(data["scaler"])
         if "rng" in data:
             set_rng_state(data["rng"])
         logger.info("Resumed from %s (iteration %d)", path, data.get("iteration", 0))

@@ -82,6 +82,28 @@ class EvalHook(HookBase):
         self.period, self.eval_fn = period, eval_fn
         self._last = None
 
+    def before_train(self):
+        """A run resumed (or forked) at an evaluation iteration whose AP never reached metrics.jsonl
+        (preempted during that evaluation) evaluates it first."""
+        t = self.trainer
+        done = t.start_iter
+        if done == 0 or not (done >= t.max_iter or (self.period > 0 and done % self.period == 0)):
+            return
+        import os
+
+        from .events import METRICS_FILE, read_metrics
+
+        path = os.path.join(t.cfg.OUTPUT_DIR, METRICS_FILE)
+        logged = comm.broadcast(any(m["iteration"] == done and any(k.endswith("/AP") for k in m)
+                                    for m in (read_metrics(path) if comm.is_main_process() and os.path.isfile(path)
+                                              else [])))
+        if not logged:
+            self._do_eval()
+            if comm.is_main_process():
+                from .events import JSONWriter
+
+                JSONWriter(path).write(done, t.storage.scalars_at(done))
+
     def _do_eval(self):
         results = self.eval_fn()
         if results:

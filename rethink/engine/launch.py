@@ -27,8 +27,8 @@ def backend_for(device: str) -> str:
 
 
 def init_process_group(backend: str, rank: int, world_size: int, local_rank: int, init_method: str = "env://"):
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+    if backend == "nccl":  # tasks bound to one GPU each (--gpus-per-task, --gpu-bind) see it as device 0
+        torch.cuda.set_device(local_rank if torch.cuda.device_count() > 1 else 0)
     os.environ["LOCAL_RANK"] = str(local_rank)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=TIMEOUT)
     dist.barrier()

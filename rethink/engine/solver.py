@@ -24,7 +24,7 @@ def param_groups(model: nn.Module, cfg):
             lr_factor, wd = 1.0, s.WEIGHT_DECAY
             if isinstance(module, _NORMS):
                 wd = s.WEIGHT_DECAY_NORM
-            elif name == "bias":
+            if name == "bias":  # detectron2 applies the bias overrides after the norm rule
                 lr_factor = s.BIAS_LR_FACTOR
                 wd = s.WEIGHT_DECAY_BIAS if s.WEIGHT_DECAY_BIAS is not None else s.WEIGHT_DECAY
             groups.append({"params": [p], "weight_decay": wd, "lr_factor": lr_factor, "lr": s.BASE_LR * lr_factor})
@@ -67,8 +67,10 @@ def clip_gradients(cfg, params) -> None:
     c = cfg.SOLVER.CLIP_GRADIENTS
     if not c.ENABLED:
         return
-    params = [p for p in params if p.grad is not None]
-    if c.CLIP_TYPE == "value":
-        torch.nn.utils.clip_grad_value_(params, c.CLIP_VALUE)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, c.CLIP_VALUE, c.NORM_TYPE)
+    for p in params:  # per parameter, as detectron2
+        if p.grad is None:
+            continue
+        if c.CLIP_TYPE == "value":
+            torch.nn.utils.clip_grad_value_(p, c.CLIP_VALUE)
+        else:
+            torch.nn.utils.clip_grad_norm_(p, c.CLIP_VALUE, c.NORM_TYPE)

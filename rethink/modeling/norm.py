@@ -37,7 +37,7 @@ class SyncBatchNorm(nn.BatchNorm2d):
     def _cpu_sync_forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
-        count = torch.full((1,), x.numel() // c, dtype=x.dtype)
+        count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
         stats = differentiable_all_reduce(stats, group=self.process_group or dist.group.WORLD)
         total = stats[-1]

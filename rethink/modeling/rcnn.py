@@ -8,9 +8,11 @@
 - input transform only normalises and pads to a multiple of 32: resizing and flipping happen in the
   data pipeline (as in detectron2), and at test time outputs are rescaled to `output_sizes`.
 
-Inputs are float CHW tensors in INPUT.FORMAT channel order on the 0..255 scale. Known difference
-from detectron2: the box head's regression loss is torchvision's smooth-L1 (beta 1/9) rather than
-detectron2's L1 (SMOOTH_L1_BETA 0).
+Inputs are float CHW tensors in INPUT.FORMAT channel order on the 0..255 scale. Anchors sit on the
+fixed FPN strides 4..64, unrounded, as detectron2's. Known differences from detectron2 (torchvision's
+RoIHeads computes these with module-level functions): the box head's regression loss is smooth-L1
+with beta 1/9 rather than L1; mask targets are cropped with RoIAlign aligned=False and kept soft; test
+masks are pasted with torchvision's integer-box method.
 """
 import logging
 from typing import Dict, List, Optional, Tuple
@@ -57,6 +59,33 @@ class RPN(RegionProposalNetwork):
         return obj_loss * self.loss_weight, box_loss * self.loss_weight * self.box_loss_weight
 
 
+class FPNAnchorGenerator(AnchorGenerator):
+    """detectron2's DefaultAnchorGenerator (offset 0) on torchvision's: anchors on the fixed FPN strides
+    (torchvision infers a stride as padded size // feature size, which for an 800 px side puts P6 on a
+    61 px grid instead of 64) and cell anchors not rounded to integers."""
+
+    def __init__(self, sizes, aspect_ratios, strides=(4, 8, 16, 32, 64)):
+        super().__init__(sizes, aspect_ratios)
+        self.strides = tuple(strides)
+
+    def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=dtype, device=device))
+        ws = (scales[None, :] / h_ratios[:, None]).view(-1)
+        hs = (scales[None, :] * h_ratios[:, None]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+    def forward(self, image_list, feature_maps):
+        if len(feature_maps) != len(self.strides):
+            raise ValueError(f"{len(feature_maps)} feature maps for {len(self.strides)} anchor strides")
+        device = feature_maps[0].device
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(feature_maps[0].dtype, device)
+        per_level = self.grid_anchors([f.shape[-2:] for f in feature_maps], strides)
+        anchors = torch.cat(per_level)
+        return [anchors for _ in image_list.image_sizes]
+
+
 class NormalizeAndPad(GeneralizedRCNNTransform):
     """Normalise with PIXEL_MEAN/STD and batch with padding to a multiple of 32; no resizing."""
 
@@ -82,11 +111,11 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         return self.transform.postprocess(detections, input_sizes, output_sizes or input_sizes)
 
 
-def _anchor_generator(cfg) -> AnchorGenerator:
+def _anchor_generator(cfg) -> FPNAnchorGenerator:
     a = cfg.MODEL.ANCHOR_GENERATOR
     sizes = [tuple(s) for s in a.SIZES] * (5 if len(a.SIZES) == 1 else 1)
     ratios = [tuple(r) for r in a.ASPECT_RATIOS] * (5 if len(a.ASPECT_RATIOS) == 1 else 1)
-    return AnchorGenerator(tuple(sizes), tuple(ratios))
+    return FPNAnchorGenerator(tuple(sizes), tuple(ratios))
 
 
 def build_model(cfg) -> MaskRCNN:
