@@ -16,8 +16,8 @@ Optimization: SGD (momentum 0.9, weight decay 1e-4, none on norm parameters), li
 cosine or step schedule, cross-entropy. ``--batch-size`` and ``--lr`` are global (all ranks
 together); the default LR is 0.1 x batch / 256 (Goyal et al.); the last norm of every residual block
 starts at 0. Ranks: ``--num-gpus N`` processes via :func:`rethink.engine.launch.launch` (NCCL on
-CUDA, gloo on CPU) with DistributedDataParallel; on CPU with SyncBN (which DDP refuses on CPU) the
-gradients are averaged by hand, the SyncBN layers all-reduce their own statistics.
+CUDA, gloo on CPU) with DistributedDataParallel; SyncBN all-reduces its statistics over gloo on CPU and is torch's
+nn.SyncBatchNorm on CUDA.
 
 Output (rank 0 only, each file written atomically):
   - ``OUTPUT.pth``: a plain torchvision-style ResNet state dict (``conv1.weight``, ``bn1.*``,
@@ -66,6 +66,7 @@ from .engine.checkpoint import unwrap
 from .engine.defaults import setup_logging
 from .engine.launch import launch
 from .modeling.backbone import ResNet
+from .modeling.norm import to_torch_syncbn
 
 logger = logging.getLogger(__name__)
 
@@ -488,23 +489,6 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _broadcast_parameters(model: nn.Module) -> None:
-    for t in list(model.parameters()) + list(model.buffers()):
-        torch.distributed.broadcast(t.data, src=0)
-
-
-def _average_gradients(model: nn.Module) -> None:
-    """What DDP does, in one all-reduce: every parameter's gradient averaged over the ranks."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= comm.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
@@ -544,6 +528,8 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
 
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
     model = ResNetClassifier.from_spec(spec, len(classes), args.zero_init_residual).to(device)
+    if world > 1 and device.type == "cuda":
+        model = to_torch_syncbn(model)  # NCCL SyncBN; ours all-reduces over gloo on CPU
     base_lr = args.lr if args.lr is not None else 0.1 * batch / 256
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=base_lr, momentum=MOMENTUM)
     # where the run stands: epochs done, batches done in the next epoch, iterations done (the LR
@@ -566,13 +552,8 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
             logger.info("Resuming from %s: %d/%d epochs and %d batches done, iteration %d", state_file, epoch0,
                         args.epochs, batch0, it)
         del state
-    net, average_grads = model, False
-    if world > 1 and device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-        # DDP refuses SyncBatchNorm on CPU; our SyncBN all-reduces its statistics itself, so only the
-        # gradients need averaging: done by hand after backward (the ranks start from the same seed)
-        _broadcast_parameters(model)
-        average_grads = True
-    elif world > 1:
+    net = model
+    if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     total = iters_per_epoch * args.epochs
@@ -631,8 +612,6 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if average_grads:
-                _average_gradients(model)
             optimizer.step()
             with torch.no_grad():
                 sums += torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum(),

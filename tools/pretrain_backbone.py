@@ -26,10 +26,24 @@ config you will fine-tune with, so that the body and the input convention are th
         --config configs/demo/scratch_gn_r18_tiny.yaml --device cpu --num-gpus 2 --size 32 --epochs 2 \\
         --batch-size 16 --limit-batches 2 --output /tmp/r18_syncbn.pth MODEL.RESNETS.NORM SyncBN
 
+    # preemptible cluster: the same command with --resume continues from FILE.state.pth if it exists
+    # (written at every epoch end; --checkpoint-period 1000 also every 1000 iterations), else starts afresh
+    python tools/pretrain_backbone.py --data /datasets/imagenet --config configs/pretrained_gn_r50.yaml \\
+        --num-gpus 8 --checkpoint-period 1000 --resume --output output/pretrain/R-50-GN.pth
+
 Writes FILE.pth, a plain torchvision-named ResNet state dict (conv1.weight, bn1.*, layer1.0.conv1.weight,
 ..., fc.*), which MODEL.WEIGHTS reads as torchvision format (fc dropped), and FILE.json (architecture,
 norm, classes, input format / mean / std, schedule, per-epoch loss and top-1, final val top-1, and the
 detector KEY VALUE overrides matching this body). Only rank 0 writes; both files are written atomically.
+
+While training, FILE.state.pth (weights, optimizer, epoch / iteration = LR-schedule position, history,
+settings; loads with torch.load(weights_only=True)) is rewritten atomically at the end of every epoch
+and every --checkpoint-period iterations. --resume continues from it, with the batches and
+augmentations an uninterrupted run gets (same final weights); it is refused, naming the file and each
+differing setting, if the state was written with another architecture, input, data, batch size,
+epochs, schedule or seed (another --num-gpus or --data path is allowed). Without --resume a run
+starts from scratch and overwrites it. It is kept after the run (--resume then rewrites FILE.pth
+without training): delete it once done.
 """
 from rethink.pretrain import main
 
