@@ -208,7 +208,10 @@ class TrunkJob(TrainJob):
 
     def submit_branch(self, branch: dict) -> str:
         executor = make_executor(self.folder, self.cluster, self.resources, self.cuda, self.job_name)
+        conf = os.environ.get("SLURM_CONF")  # the cluster's config, not this job's state: keep it
         with submitit.helpers.clean_env():  # not this job's SLURM_* / RANK / MASTER_* variables
+            if conf:
+                os.environ["SLURM_CONF"] = conf
             job = executor.submit(TrainJob(branch["config"], branch["overrides"], branch["output_dir"],
                                            fork_from=branch["fork_from"]))
         return job.job_id

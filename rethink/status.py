@@ -110,8 +110,12 @@ def run_states(sweep: Sweep) -> List[dict]:
     states = {row["run"]: row["state"] for row in rows}
     for r, row in zip(sweep.runs, rows):  # a branch whose trunk ended without reaching the fork point
         trunk = states.get(r.fork_from["trunk"]) if r.fork_from else None
+        if trunk == "done":  # done training, but its job may still be submitting branches: wait for it to end
+            trunk_job = next(x["job_id"] for x in rows if x["run"] == r.fork_from["trunk"])
+            trunk = "done" if _result(sweep, trunk_job) is not None else None
         if row["state"].startswith("waiting") and trunk in ("failed", "cancelled", "timeout", "done"):
-            row["state"] = f"blocked: trunk {trunk} before iteration {r.fork_from['iteration']}"
+            row["state"] = ("blocked: the trunk finished without submitting it (see the trunk's log)" if trunk == "done"
+                            else f"blocked: trunk {trunk} before iteration {r.fork_from['iteration']}")
     return rows
 
 
