@@ -503,7 +503,7 @@ def train_worker(args: argparse.Namespace, spec: Dict[str, object]) -> Dict[str,
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if args.device == "cuda":
-        device = torch.device("cuda", comm.get_local_rank() if world > 1 else torch.cuda.current_device())
+        device = torch.device("cuda", torch.cuda.current_device())  # set per rank by launch
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     else:

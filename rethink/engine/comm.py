@@ -15,12 +15,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def get_local_rank() -> int:
-    import os
-
-    return int(os.environ.get("LOCAL_RANK", get_rank()))
-
-
 def is_main_process() -> bool:
     return get_rank() == 0
 
@@ -28,15 +22,6 @@ def is_main_process() -> bool:
 def synchronize() -> None:
     if is_dist() and get_world_size() > 1:
         dist.barrier()
-
-
-def all_gather(obj):
-    """List of `obj` from every rank (any picklable object)."""
-    if get_world_size() == 1:
-        return [obj]
-    out = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def broadcast(obj, src: int = 0):
