@@ -12,8 +12,9 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.module
 
 
 def param_groups(model: nn.Module, cfg):
-    """One group per parameter with detectron2's rules: WEIGHT_DECAY_NORM on norm params,
-    BIAS_LR_FACTOR / WEIGHT_DECAY_BIAS on biases; frozen params are left out."""
+    """detectron2's ``get_default_optimizer_params``: WEIGHT_DECAY_NORM on the parameters of norm
+    layers, then BIAS_LR_FACTOR (when != 1) and WEIGHT_DECAY_BIAS (when set) on every bias; frozen
+    params are left out. Groups with equal settings are merged."""
     s = cfg.SOLVER
     groups, seen = [], set()
     for module in model.modules():
@@ -24,9 +25,13 @@ def param_groups(model: nn.Module, cfg):
             lr_factor, wd = 1.0, s.WEIGHT_DECAY
             if isinstance(module, _NORMS):
                 wd = s.WEIGHT_DECAY_NORM
-            if name == "bias":  # detectron2 applies the bias overrides after the norm rule
-                lr_factor = s.BIAS_LR_FACTOR
-                wd = s.WEIGHT_DECAY_BIAS if s.WEIGHT_DECAY_BIAS is not None else s.WEIGHT_DECAY
+            # detectron2 applies the bias overrides after the norm rule, and only those that are set:
+            # a norm's bias keeps WEIGHT_DECAY_NORM unless WEIGHT_DECAY_BIAS is given.
+            if name == "bias":
+                if s.BIAS_LR_FACTOR != 1.0:
+                    lr_factor = s.BIAS_LR_FACTOR
+                if s.WEIGHT_DECAY_BIAS is not None:
+                    wd = s.WEIGHT_DECAY_BIAS
             groups.append({"params": [p], "weight_decay": wd, "lr_factor": lr_factor, "lr": s.BASE_LR * lr_factor})
     return _merge_groups(groups)
 
