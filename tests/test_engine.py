@@ -57,7 +57,7 @@ def test_train_writes_config_checkpoints_and_metrics_with_ap(straight_run):
     assert {"bbox/AP50", "bbox/AP75", "segm/AP50", "segm/APs"} <= set(evals[-1])
     last = metrics[-1]
     assert last["iteration"] == 12 and last["lr"] == pytest.approx(0.02 * 0.01)  # after both drops
-    assert {"total_loss", "loss_mask", "loss_objectness", "time", "data_time"} <= set(last)
+    assert {"total_loss", "loss_mask", "loss_rpn_cls", "time", "data_time"} <= set(last)
     ckpt = torch.load(out / "model_0000006.pth", weights_only=True)
     assert ckpt["iteration"] == 6 and {"model", "optimizer", "rng", "seed"} <= set(ckpt)
 

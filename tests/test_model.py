@@ -130,9 +130,9 @@ def test_train_forward_gives_detectron2_loss_terms():
     model.train()
     images, targets = _batch()
     losses = model(images, targets)
-    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
     assert all(torch.isfinite(v) for v in losses.values())
-    assert losses["loss_classifier"].item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=0.1)
+    assert losses["loss_cls"].item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=0.1)
     sum(losses.values()).backward()
     assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
 

@@ -192,12 +192,9 @@ def inference_on_dataset(model, loader, evaluator, device) -> dict:
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="inference", disable=not comm.is_main_process(), mininterval=10):
-                images = [s["image"].to(device) for s in batch]
+                images = [s["image"].to(device, non_blocking=True) for s in batch]
                 outputs = model(images, output_sizes=[(s["height"], s["width"]) for s in batch])
-                for o in outputs:  # binary masks before leaving the device: 4x less to copy
-                    if "masks" in o:
-                        o["masks"] = (o["masks"] > 0.5).to(torch.uint8)
-                outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]
+                outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]  # masks: pasted, bool
                 evaluator.process([s["image_id"] for s in batch], outputs)
     finally:
         model.train(was_training)

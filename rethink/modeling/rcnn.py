@@ -1,18 +1,19 @@
-"""Mask R-CNN assembled from torchvision's detection components with detectron2's settings.
+"""Mask R-CNN assembled from torchvision's detection components with detectron2's semantics.
 
-`build_model(cfg)` returns a :class:`MaskRCNN` (a torchvision MaskRCNN) whose
+`build_model(cfg)` returns a :class:`MaskRCNN` whose
 - backbone is ResNet + FPN with the configured norms and FREEZE_AT (backbone.py),
 - RPN uses detectron2's loss normalisation and smooth-L1 beta (MODEL.RPN.SMOOTH_L1_BETA),
 - RoI heads pool with ROIAlignV2, run the 4conv1fc box head and the 4-conv mask head with their
-  NORM, and predict K classes without background weights (heads.py),
-- input transform only normalises and pads to a multiple of 32: resizing and flipping happen in the
-  data pipeline (as in detectron2), and at test time outputs are rescaled to `output_sizes`.
+  NORM, predict K classes without background weights (heads.py), and compute detectron2's losses,
+  mask targets and inference (roi_heads.py),
+- input transform casts the uint8 image to float on the model's device, normalises and pads to a
+  multiple of 32: resizing and flipping happen in the data pipeline (as in detectron2),
+- test outputs are rescaled to `output_sizes`, clipped, emptied boxes dropped, and masks pasted with
+  detectron2's continuous-box paste (mask_ops.py), as detectron2's ``detector_postprocess``.
 
-Inputs are float CHW tensors in INPUT.FORMAT channel order on the 0..255 scale. Anchors sit on the
-fixed FPN strides 4..64, unrounded, as detectron2's. Known differences from detectron2 (torchvision's
-RoIHeads computes these with module-level functions): the box head's regression loss is smooth-L1
-with beta 1/9 rather than L1; mask targets are cropped with RoIAlign aligned=False and kept soft; test
-masks are pasted with torchvision's integer-box method.
+Inputs are CHW tensors (uint8 or float) in INPUT.FORMAT channel order on the 0..255 scale. Anchors
+sit on the fixed FPN strides 4..64, unrounded, as detectron2's. Losses are named as detectron2's:
+loss_cls, loss_box_reg, loss_mask, loss_rpn_cls, loss_rpn_loc.
 """
 import logging
 from typing import Dict, List, Optional, Tuple
@@ -28,7 +29,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_resnet_fpn_backbone
 from .heads import BoxPredictor, MaskPredictor, ROIPooler, xavier_fill_linears
+from .mask_ops import paste_masks_in_image
 from .norm import norm_factory
+from .roi_heads import StandardROIHeads
 
 logger = logging.getLogger(__name__)
 
@@ -87,28 +90,54 @@ class FPNAnchorGenerator(AnchorGenerator):
 
 
 class NormalizeAndPad(GeneralizedRCNNTransform):
-    """Normalise with PIXEL_MEAN/STD and batch with padding to a multiple of 32; no resizing."""
+    """Cast to float (on the model's device), normalise with PIXEL_MEAN/STD and batch with zero
+    padding to a multiple of 32; no resizing."""
 
     def resize(self, image, target=None):
         return image, target
 
+    def normalize(self, image):
+        return super().normalize(image.to(torch.float32))
+
+
+def detector_postprocess(result: Dict[str, torch.Tensor], input_hw: Tuple[int, int],
+                         output_hw: Tuple[int, int], mask_threshold: float = 0.5) -> Dict[str, torch.Tensor]:
+    """One image's detections from network-input to output coordinates (detectron2's
+    ``detector_postprocess``): boxes scaled and clipped, empty boxes dropped, mask probabilities
+    pasted into bool [N, H, W] masks at ``>= mask_threshold``."""
+    out_h, out_w = int(output_hw[0]), int(output_hw[1])
+    boxes = result["boxes"].clone()
+    boxes[:, 0::2] *= out_w / input_hw[1]
+    boxes[:, 1::2] *= out_h / input_hw[0]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=out_w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=out_h)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    out = {"boxes": boxes[keep], "scores": result["scores"][keep], "labels": result["labels"][keep]}
+    if "mask_probs" in result:
+        out["masks"] = paste_masks_in_image(result["mask_probs"][keep], out["boxes"], (out_h, out_w), mask_threshold)
+    return out
+
 
 class MaskRCNN(_TorchvisionMaskRCNN):
-    """torchvision MaskRCNN whose forward takes `output_sizes` (h, w) per image at test time: boxes
-    and masks come back in that resolution (the original image's, for COCO evaluation)."""
+    """torchvision MaskRCNN with detectron2's loss names, RoI heads and post-processing. Training:
+    ``model(images, targets)`` -> loss dict. Test: ``model(images, output_sizes=[(h, w), ...])`` ->
+    per image {"boxes" XYXY, "scores", "labels" 1..K, "masks" bool [N, h, w]} in `output_sizes`
+    (default: the input sizes)."""
+
+    RPN_LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc"}
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict]] = None,
                 output_sizes: Optional[List[Tuple[int, int]]] = None):
-        if self.training:
-            if targets is None:
-                raise ValueError("MaskRCNN.forward: targets are required in training mode")
-            return super().forward(images, targets)
+        if self.training and targets is None:
+            raise ValueError("MaskRCNN.forward: targets are required in training mode")
         input_sizes = [tuple(img.shape[-2:]) for img in images]
-        batch, _ = self.transform(images, None)
+        batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
-        proposals, _ = self.rpn(batch, features, None)
-        detections, _ = self.roi_heads(features, proposals, batch.image_sizes, None)
-        return self.transform.postprocess(detections, input_sizes, output_sizes or input_sizes)
+        proposals, rpn_losses = self.rpn(batch, features, targets)
+        detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**roi_losses, **{self.RPN_LOSS_NAMES[k]: v for k, v in rpn_losses.items()}}
+        return [detector_postprocess(d, i, o) for d, i, o in zip(detections, input_sizes, output_sizes or input_sizes)]
 
 
 def _anchor_generator(cfg) -> FPNAnchorGenerator:
@@ -133,27 +162,24 @@ def build_model(cfg) -> MaskRCNN:
     mask_head = MaskRCNNHeads(channels, [mask.CONV_DIM] * mask.NUM_CONV, 1, norm_layer=norm_factory(mask.NORM))
     mask_dim = mask.CONV_DIM if mask.NUM_CONV else channels
     anchors = _anchor_generator(cfg)
-    model = MaskRCNN(
-        backbone,
-        num_classes=None,
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
-        box_roi_pool=ROIPooler(["0", "1", "2", "3"], box_res, box.POOLER_SAMPLING_RATIO,
-                               aligned=box.POOLER_TYPE == "ROIAlignV2"),
-        box_head=box_head,
-        box_predictor=BoxPredictor(box.FC_DIM if box.NUM_FC else channels * box_res * box_res, num_classes),
-        box_score_thresh=m.ROI_HEADS.SCORE_THRESH_TEST,
-        box_nms_thresh=m.ROI_HEADS.NMS_THRESH_TEST,
-        box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
-        box_fg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
-        box_bg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
-        box_batch_size_per_image=m.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-        box_positive_fraction=m.ROI_HEADS.POSITIVE_FRACTION,
-        bbox_reg_weights=tuple(box.BBOX_REG_WEIGHTS),
-        mask_roi_pool=ROIPooler(["0", "1", "2", "3"], mask.POOLER_RESOLUTION, mask.POOLER_SAMPLING_RATIO,
-                                aligned=mask.POOLER_TYPE == "ROIAlignV2"),
-        mask_head=mask_head,
-        mask_predictor=MaskPredictor(mask_dim, mask.CONV_DIM, num_classes),
+    box_pool = ROIPooler(["0", "1", "2", "3"], box_res, box.POOLER_SAMPLING_RATIO, aligned=box.POOLER_TYPE == "ROIAlignV2")
+    box_predictor = BoxPredictor(box.FC_DIM if box.NUM_FC else channels * box_res * box_res, num_classes)
+    mask_pool = ROIPooler(["0", "1", "2", "3"], mask.POOLER_RESOLUTION, mask.POOLER_SAMPLING_RATIO,
+                          aligned=mask.POOLER_TYPE == "ROIAlignV2")
+    mask_predictor = MaskPredictor(mask_dim, mask.CONV_DIM, num_classes)
+    model = MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors,
+                     rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
+                     box_roi_pool=box_pool, box_head=box_head, box_predictor=box_predictor,
+                     mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor)
+    model.roi_heads = StandardROIHeads(
+        box_pool, box_head, box_predictor,
+        fg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0], bg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
+        batch_size_per_image=m.ROI_HEADS.BATCH_SIZE_PER_IMAGE, positive_fraction=m.ROI_HEADS.POSITIVE_FRACTION,
+        bbox_reg_weights=tuple(box.BBOX_REG_WEIGHTS), score_thresh=m.ROI_HEADS.SCORE_THRESH_TEST,
+        nms_thresh=m.ROI_HEADS.NMS_THRESH_TEST, detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
+        mask_roi_pool=mask_pool if m.MASK_ON else None, mask_head=mask_head if m.MASK_ON else None,
+        mask_predictor=mask_predictor if m.MASK_ON else None,
+        smooth_l1_beta=box.SMOOTH_L1_BETA, box_reg_loss_weight=box.BBOX_REG_LOSS_WEIGHT,
     )
     r = m.RPN
     model.rpn = RPN(
@@ -169,6 +195,4 @@ def build_model(cfg) -> MaskRCNN:
     model.transform = NormalizeAndPad(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
                                       image_mean=list(m.PIXEL_MEAN), image_std=list(m.PIXEL_STD),
                                       size_divisible=32)
-    if not m.MASK_ON:
-        model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
     return model

@@ -61,6 +61,18 @@ def encode_bitmask(mask: np.ndarray) -> dict:
     return mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
 
 
+def crop_and_resize_bitmasks(masks: torch.Tensor, boxes: torch.Tensor, instance_idx: torch.Tensor,
+                             size: int) -> torch.Tensor:
+    """detectron2's ``BitMasks.crop_and_resize``: full-image masks [K, H, W] sampled in `boxes` with
+    ``roi_align(aligned=True)`` at size x size, ``>= 0.5``; float32 0/1 [len(boxes), size, size] on
+    the masks' device."""
+    boxes = boxes.to(masks.device, torch.float32)
+    rois = torch.cat([instance_idx.to(boxes)[:, None], boxes], dim=1)
+    sampled = roi_align(masks[:, None].to(torch.float32), rois, (size, size), spatial_scale=1.0,
+                        sampling_ratio=0, aligned=True)
+    return (sampled[:, 0] >= 0.5).to(torch.float32)
+
+
 class InstanceMasks:
     """Masks of N instances of one image of size `image_size` (h, w); see the module doc."""
 
@@ -123,9 +135,7 @@ class InstanceMasks:
             rows = torch.as_tensor(rle_rows)
             needed = sorted({int(idx[i]) for i in rle_rows})
             where = {k: j for j, k in enumerate(needed)}
-            full = torch.from_numpy(np.stack([_decode(self.items[k]) for k in needed])).to(torch.float32)
-            batch = torch.tensor([float(where[int(idx[i])]) for i in rle_rows])[:, None]
-            rois = torch.cat([batch, boxes_cpu[rows]], dim=1)
-            sampled = roi_align(full[:, None], rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-            out[rows] = (sampled[:, 0] >= 0.5).to(torch.float32)
+            full = torch.from_numpy(np.stack([_decode(self.items[k]) for k in needed]))
+            out[rows] = crop_and_resize_bitmasks(full, boxes_cpu[rows],
+                                                 torch.tensor([where[int(idx[i])] for i in rle_rows]), size)
         return out.to(boxes.device)
