@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pycocotools import mask as mask_util
 
 from rethink.config import get_cfg
@@ -24,7 +26,9 @@ from rethink.data.common import DatasetError, DatasetNotFoundError, file_sha256
 from rethink.data.samplers import BatchStream
 from rethink.data.subsets import PAPER_SELECTIONS, Selection, make_subsets, subset_permutation
 from rethink.data.synthetic import make_synthetic_classification, make_synthetic_coco
-from rethink.data.transforms import DatasetMapper, polygons_to_mask, resize_shape, transform_boxes
+from rethink.data.transforms import DatasetMapper, resize_shape, transform_boxes, transform_rle
+from rethink.structures import InstanceMasks, polygons_to_bitmask
+from rethink.structures.masks import encode_bitmask
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,8 +304,6 @@ def _write_coco(path, images, anns, cats=((1, "a"), (4, "b"))):
 
 
 def test_masks_match_pycocotools_ann_to_mask(tmp_path):
-    from PIL import Image
-
     h, w = 40, 60
     Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "im.png")
     m = np.zeros((h, w), np.uint8)
@@ -328,11 +330,16 @@ def test_masks_match_pycocotools_ann_to_mask(tmp_path):
     cfg = make_cfg("INPUT.MIN_SIZE_TRAIN", (h,), "INPUT.MAX_SIZE_TRAIN", 1000, "INPUT.RANDOM_FLIP", "none")
     s = DatasetMapper(cfg, is_train=True)(ds, 0, np.random.default_rng(0))
     t = s["target"]
-    assert s["aug"]["size"] == (h, w) and t["masks"].dtype == torch.uint8 and t["labels"].dtype == torch.int64
+    assert s["aug"]["size"] == (h, w) and isinstance(t["masks"], InstanceMasks) and t["labels"].dtype == torch.int64
     assert t["labels"].tolist() == [2, 1, 1]  # crowd excluded; labels 1..K over sorted ids [1, 4]
+    assert t["masks"].image_size == (h, w) and len(t["masks"]) == 3
+    assert isinstance(t["masks"].items[0], list) and all(p.dtype == np.float64 for p in t["masks"].items[0])
+    assert isinstance(t["masks"].items[1], dict) and isinstance(t["masks"].items[2], dict)  # RLE stays RLE
+    dense = t["masks"].to_bitmasks()
+    assert dense.dtype == torch.uint8 and dense.shape == (3, h, w)
     for k, aid in enumerate((1, 2, 3)):
-        assert np.array_equal(t["masks"][k].numpy(), coco.annToMask(coco.anns[aid])), aid
-    assert t["masks"][1].sum() == m.sum()
+        assert np.array_equal(dense[k].numpy(), coco.annToMask(coco.anns[aid])), aid
+    assert dense[1].sum() == m.sum()
     # flipped + resized x2: RLE masks mirror exactly, polygons are rasterised after moving the points
     cfg = make_cfg("INPUT.MIN_SIZE_TRAIN", (2 * h,), "INPUT.MAX_SIZE_TRAIN", 1000)
     mapper = DatasetMapper(cfg, is_train=True)
@@ -340,10 +347,13 @@ def test_masks_match_pycocotools_ann_to_mask(tmp_path):
     f = mapper(ds, 0, np.random.default_rng(seed))
     assert f["aug"]["flip"] and f["aug"]["size"] == (2 * h, 2 * w) and f["image"].shape == (3, 2 * h, 2 * w)
     big = np.kron(m, np.ones((2, 2), np.uint8))
-    assert np.array_equal(f["target"]["masks"][1].numpy(), big[:, ::-1])
-    ref = polygons_to_mask([np.array([2 * w - 2 * x if i % 2 == 0 else 2 * x for i, x in enumerate(p)]) for p in poly],
-                           2 * h, 2 * w)
-    assert np.array_equal(f["target"]["masks"][0].numpy(), ref)
+    fdense = f["target"]["masks"].to_bitmasks()
+    assert fdense.shape == (3, 2 * h, 2 * w) and np.array_equal(fdense[1].numpy(), big[:, ::-1])
+    moved = [np.array([2 * w - 2 * x if i % 2 == 0 else 2 * x for i, x in enumerate(p)]) for p in poly]
+    for p, q in zip(f["target"]["masks"].items[0], moved):  # the polygons themselves, then their raster
+        np.testing.assert_array_equal(p, q)  # (the coordinates are exact in the cache's float32)
+    ref = polygons_to_bitmask(moved, 2 * h, 2 * w).astype(np.uint8)
+    assert np.array_equal(fdense[0].numpy(), ref)
     np.testing.assert_allclose(f["target"]["boxes"][0].numpy(), [2 * w - 2 * 55.5, 4, 2 * w - 16, 66.5])
 
 
@@ -353,11 +363,13 @@ def test_loader_boxes_and_masks_consistent(syn):
     for batch in take(build_train_loader(cfg, 0, 1), 6):
         for s in batch:
             t, (H, W) = s["target"], s["aug"]["size"]
-            assert s["image"].shape == (3, H, W) and s["image"].dtype == torch.float32
-            assert t["masks"].shape == (len(t["boxes"]), H, W) and len(t["boxes"]) > 0
+            assert s["image"].shape == (3, H, W) and s["image"].dtype == torch.uint8
+            assert isinstance(t["masks"], InstanceMasks) and t["masks"].image_size == (H, W)
+            dense = t["masks"].to_bitmasks()
+            assert dense.shape == (len(t["boxes"]), H, W) and len(t["boxes"]) == len(t["labels"]) > 0
             assert min(H, W) == s["aug"]["short_edge"] or max(H, W) == 128
             n_flip += s["aug"]["flip"]
-            for box, mask in zip(t["boxes"].numpy(), t["masks"].numpy()):
+            for box, mask in zip(t["boxes"].numpy(), dense.numpy()):
                 ys, xs = np.nonzero(mask)
                 assert len(xs)
                 assert xs.min() >= box[0] - 1.5 and xs.max() + 1 <= box[2] + 1.5
@@ -367,15 +379,149 @@ def test_loader_boxes_and_masks_consistent(syn):
 
 def test_image_channel_order(syn):
     ds = CocoDataset("tsyn_train", syn["train"], syn["image_root_train"])
-    from PIL import Image
-
     rgb = np.asarray(Image.open(ds.image_path(0)).convert("RGB"))
     h, w = rgb.shape[:2]
     for fmt, ref in (("BGR", rgb[:, :, ::-1]), ("RGB", rgb)):
         cfg = make_cfg("INPUT.FORMAT", fmt, "INPUT.MIN_SIZE_TEST", 0)
         s = DatasetMapper(cfg, is_train=False)(ds, 0)
-        assert s["image"].dtype == torch.float32 and (s["height"], s["width"]) == (h, w)
-        assert np.array_equal(s["image"].permute(1, 2, 0).numpy(), ref.astype(np.float32))
+        assert s["image"].dtype == torch.uint8 and (s["height"], s["width"]) == (h, w)
+        assert s["image"].is_contiguous() and np.array_equal(s["image"].permute(1, 2, 0).numpy(), ref)
+
+
+def _old_float_image(ds, i, fmt, size, flip):
+    """The image as the mapper produced it before it returned uint8: read as RGB, channels in `fmt`,
+    resized with PIL bilinear, flipped, float32 CHW."""
+    img = np.asarray(Image.open(ds.image_path(i)).convert("RGB"))
+    if fmt == "BGR":
+        img = img[:, :, ::-1]
+    img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(size[::-1], Image.BILINEAR))
+    if flip:
+        img = img[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(torch.float32)
+
+
+def test_image_uint8_equals_previous_float_image(tmp_path, syn):
+    jpg = make_synthetic_coco(str(tmp_path / "jpg"), num_images=4, seed=2, num_val=1, image_format="jpg")
+    datasets = [CocoDataset("tsyn_train", syn["train"], syn["image_root_train"]),
+                CocoDataset("tjpg", jpg["train"], jpg["image_root_train"])]
+    seen = set()
+    for ds in datasets:
+        for fmt in ("BGR", "RGB"):
+            for is_train in (True, False):
+                mapper = DatasetMapper(make_cfg("INPUT.FORMAT", fmt), is_train=is_train)
+                for i in range(4):
+                    s = mapper(ds, i, np.random.default_rng(10 * i + 1) if is_train else None)
+                    assert s["image"].dtype == torch.uint8 and s["image"].is_contiguous()
+                    assert s["image"].shape == (3, *s["aug"]["size"])
+                    ref = _old_float_image(ds, i, fmt, s["aug"]["size"], s["aug"]["flip"])
+                    assert torch.equal(s["image"].to(torch.float32), ref)
+                    seen.add((s["aug"]["flip"], s["aug"]["size"] != (ds.index.a["height"][i], ds.index.a["width"][i])))
+    assert seen == {(False, True), (True, True)}  # flipped and not, every image resized
+
+
+def test_polygon_and_bitmask_formats_give_the_same_masks(syn):
+    ds = CocoDataset("tsyn_train", syn["train"], syn["image_root_train"])
+    poly_mapper = DatasetMapper(make_cfg(), is_train=True)
+    bit_mapper = DatasetMapper(make_cfg("INPUT.MASK_FORMAT", "bitmask"), is_train=True)
+    n_poly = n_flip = 0
+    for i in range(16):
+        a = poly_mapper(ds, i, np.random.default_rng(i))
+        b = bit_mapper(ds, i, np.random.default_rng(i))
+        assert a["aug"] == b["aug"] and torch.equal(a["image"], b["image"])
+        ta, tb = a["target"], b["target"]
+        assert torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
+        H, W = a["aug"]["size"]
+        assert ta["masks"].image_size == tb["masks"].image_size == (H, W) and len(tb["masks"]) == len(ta["boxes"])
+        assert all(isinstance(it, dict) and tuple(it["size"]) == (H, W) for it in tb["masks"].items)
+        assert torch.equal(ta["masks"].to_bitmasks(), tb["masks"].to_bitmasks())
+        for pa, rb in zip(ta["masks"].items, tb["masks"].items):
+            if isinstance(pa, list):  # bitmask mode's RLE is polygons_to_bitmask of the moved polygons
+                n_poly += 1
+                assert rb == encode_bitmask(polygons_to_bitmask(pa, H, W)), i
+        n_flip += a["aug"]["flip"]
+    assert n_poly > 30 and 0 < n_flip < 16
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_rle_annotation_resized_and_flipped(tmp_path, mask_format):
+    from rethink.data.synthetic import compressed_rle, uncompressed_rle
+
+    h, w = 40, 60
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "im.png")
+    rng = np.random.default_rng(0)
+    m = np.zeros((h, w), np.uint8)
+    m[3:31, 7:50] = rng.random((28, 43)) < 0.6  # ragged: nearest sampling shows in every row and column
+    box = [7.0, 3.0, 43.0, 28.0]
+    anns = [{"id": 1, "image_id": 7, "category_id": 1, "bbox": box, "segmentation": compressed_rle(m), "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 4, "bbox": box, "segmentation": uncompressed_rle(m), "iscrowd": 0},
+            {"id": 3, "image_id": 7, "category_id": 4, "bbox": [40.0, 30.0, 1e-6, 5.0],  # empty once moved
+             "segmentation": [[40.0, 30.0, 41.0, 30.0, 41.0, 35.0]], "iscrowd": 0},
+            {"id": 4, "image_id": 7, "category_id": 1, "bbox": [2.0, 2.0, 6.0, 6.0],
+             "segmentation": [[2.0, 2.0, 8.0, 2.0, 8.0, 8.0, 2.0, 8.0]], "iscrowd": 0}]
+    js = _write_coco(tmp_path / "rle.json", [{"id": 7, "file_name": "im.png", "height": h, "width": w}], anns)
+    ds = CocoDataset("rle", js, str(tmp_path))
+    mapper = DatasetMapper(make_cfg("INPUT.MIN_SIZE_TRAIN", (57,), "INPUT.MAX_SIZE_TRAIN", 1000,
+                                    "INPUT.MASK_FORMAT", mask_format), is_train=True)
+    newh, neww = 57, 86  # 60 * 57 / 40 = 85.5 -> int(86.0): a non-integer scale
+    for flip in (False, True):
+        seed = next(i for i in range(100) if mapper.draw(np.random.default_rng(i))[1] == flip)
+        s = mapper(ds, 0, np.random.default_rng(seed))
+        assert s["aug"]["size"] == (newh, neww) and s["aug"]["flip"] == flip
+        t = s["target"]
+        assert t["labels"].tolist() == [1, 2, 1] and len(t["masks"]) == 3  # ann 3 removed from all three
+        ref = np.asarray(Image.fromarray(m).resize((neww, newh), Image.NEAREST))  # detectron2's apply_segmentation
+        assert 0 < ref.sum() != m.sum()
+        if flip:
+            ref = ref[:, ::-1]
+        dense = t["masks"].to_bitmasks().numpy()
+        for k in (0, 1):
+            it = t["masks"].items[k]
+            assert isinstance(it, dict) and tuple(it["size"]) == (newh, neww) and isinstance(it["counts"], bytes)
+            assert np.array_equal(dense[k], ref), (k, flip)
+        sq = np.array([2.0, 2.0, 8.0, 2.0, 8.0, 8.0, 2.0, 8.0]) * np.tile([neww / w, newh / h], 4)  # ann 4 moved
+        if flip:
+            sq[0::2] = neww - sq[0::2]
+        assert np.array_equal(dense[2], polygons_to_bitmask([sq], newh, neww)) and dense[2].sum() > 50
+        ys, xs = np.nonzero(dense[2])
+        b = t["boxes"][2].numpy()
+        assert xs.min() >= b[0] - 1 and xs.max() + 1 <= b[2] + 1 and ys.min() >= b[1] - 1 and ys.max() + 1 <= b[3] + 1
+
+
+def test_transform_rle_equals_dense_path():
+    """The transposed fast path is the dense decode -> NEAREST resize -> flip -> encode, bit for bit."""
+    rng = np.random.default_rng(0)
+    for h, w, nh, nw in [(40, 60, 57, 86), (384, 640, 800, 1333), (427, 640, 741, 1111), (500, 375, 1067, 800),
+                         (333, 500, 800, 1201), (90, 90, 90, 90), (100, 100, 37, 37)]:
+        m = np.zeros((h, w), np.uint8)
+        m[h // 5: h * 4 // 5, w // 7: w * 5 // 6] = rng.random((h * 4 // 5 - h // 5, w * 5 // 6 - w // 7)) < 0.5
+        rle = mask_util.encode(np.asfortranarray(m))
+        for flip in (False, True):
+            ref = np.asarray(Image.fromarray(m).resize((nw, nh), Image.NEAREST)) if (nh, nw) != (h, w) else m
+            ref = ref[:, ::-1] if flip else ref
+            assert transform_rle(rle, nh, nw, flip) == encode_bitmask(ref), (h, w, nh, nw, flip)
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_sample_pickles_round_trip(syn, mask_format):
+    ds = CocoDataset("tsyn_train", syn["train"], syn["image_root_train"])
+    mapper = DatasetMapper(make_cfg("INPUT.MASK_FORMAT", mask_format), is_train=True)
+    for i in range(4):  # image 0 holds a compressed RLE instance, image 2 an uncompressed one
+        s = mapper(ds, i, np.random.default_rng(i))
+        blob = pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)
+        assert len(blob) < s["image"].nbytes + 20000  # the masks add little to the image
+        r = pickle.loads(blob)
+        assert r["image"].dtype == torch.uint8 and torch.equal(r["image"], s["image"])
+        for k in ("image_id", "height", "width", "file_name", "aug"):
+            assert r[k] == s[k]
+        ts, tr = s["target"], r["target"]
+        assert torch.equal(tr["boxes"], ts["boxes"]) and torch.equal(tr["labels"], ts["labels"])
+        assert isinstance(tr["masks"], InstanceMasks) and tr["masks"].image_size == ts["masks"].image_size
+        for a, b in zip(ts["masks"].items, tr["masks"].items):
+            if isinstance(a, dict):
+                assert a == b
+            else:
+                assert len(a) == len(b) and all(np.array_equal(p, q) and q.dtype == np.float64 for p, q in zip(a, b))
+        assert torch.equal(tr["masks"].to_bitmasks(), ts["masks"].to_bitmasks())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +534,8 @@ def test_train_loader_same_for_any_num_workers(syn):
         assert [sample_key(s) for s in x] == [sample_key(s) for s in y]
         for s, t in zip(x, y):
             assert torch.equal(s["image"], t["image"]) and torch.equal(s["target"]["boxes"], t["target"]["boxes"])
-            assert torch.equal(s["target"]["masks"], t["target"]["masks"])
+            assert s["target"]["masks"].image_size == t["target"]["masks"].image_size
+            assert torch.equal(s["target"]["masks"].to_bitmasks(), t["target"]["masks"].to_bitmasks())
     c = take(build_train_loader(make_cfg("SEED", 4), 0, 1), 5)
     assert [sample_key(s) for x in a for s in x] != [sample_key(s) for x in c for s in x]
 

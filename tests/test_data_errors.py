@@ -165,7 +165,16 @@ def test_image_size_mismatch_and_missing_segmentation(tmp_path):
     del a["segmentation"]
     path = write(tmp_path, [a], name="noseg.json")
     ds = CocoDataset("noseg", path, str(tmp_path / "imgs"))
-    with pytest.raises(DatasetError, match="annotation id 31 .image id 7. has no segmentation"):
-        DatasetMapper(_cfg(), is_train=True)(ds, 0, np.random.default_rng(0))
+    for fmt in ("polygon", "bitmask"):
+        with pytest.raises(DatasetError, match="annotation id 31 .image id 7. has no segmentation") as e:
+            DatasetMapper(_cfg("INPUT.MASK_FORMAT", fmt), is_train=True)(ds, 0, np.random.default_rng(0))
+        assert path in str(e.value)
     s = DatasetMapper(_cfg("MODEL.MASK_ON", False), is_train=True)(ds, 0, np.random.default_rng(0))
     assert "masks" not in s["target"] and s["target"]["boxes"].shape == (1, 4)
+
+
+def test_unknown_mask_format_named():
+    cfg = _cfg()
+    cfg.INPUT.MASK_FORMAT = "polygons"  # (the config validation refuses it too)
+    with pytest.raises(ValueError, match="INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got 'polygons'"):
+        DatasetMapper(cfg, is_train=True)

@@ -7,13 +7,26 @@ resize with PIL), then a horizontal flip with probability 0.5 when INPUT.RANDOM_
 The draws come from the per-sample generator the loader passes in, in this order: size, flip.
 Test: shortest edge INPUT.MIN_SIZE_TEST (0 = no resize), long edge <= INPUT.MAX_SIZE_TEST, no flip.
 
-Mapped sample (a dict):
-    image     float32 [3, H, W], 0..255, channel order INPUT.FORMAT ("BGR" default, as detectron2)
+Mapped sample (a dict; what crosses from a loader worker to the trainer, so kept compact):
+    image     uint8 [3, H, W], 0..255, channel order INPUT.FORMAT ("BGR" default, as detectron2); the
+              model casts it to float on its device
     target    (training) {"boxes": float32 [N, 4] XYXY in the resized image, "labels": int64 [N] in
-              1..K, "masks": uint8 [N, H, W] (only with MODEL.MASK_ON)}; crowd instances excluded,
-              boxes clipped to the image, instances with an empty box after the transform removed
+              1..K, "masks": rethink.structures.InstanceMasks of N instances at (H, W) (only with
+              MODEL.MASK_ON)}; crowd instances excluded, boxes clipped to the image, instances with an
+              empty box after the transform removed (boxes, labels and masks indexed alike, in
+              annotation order)
     image_id, height, width   ORIGINAL image id and size (to rescale test outputs)
     file_name, aug            path; {"short_edge", "flip", "size": (H, W)} of the applied transform
+
+Masks, per instance, in network-input coordinates (detectron2's transform_instance_annotations):
+- INPUT.MASK_FORMAT "polygon" (default): a polygon annotation stays polygons, float64 flat arrays,
+  x *= W / w, y *= H / h, then x -> W - x when flipped. An annotation stored as RLE (non-crowd) is
+  decoded, resized to (H, W) with PIL NEAREST, flipped and re-encoded as an RLE (detectron2 refuses
+  RLE in polygon mode; we accept the mix).
+- "bitmask": every instance an RLE at (H, W): polygons are moved as above and rasterised
+  (pycocotools frPyObjects + merge: the RLE that ``polygons_to_bitmask`` decodes, as detectron2's
+  bitmask mode); RLE annotations as above.
+``target["masks"].to_bitmasks()`` gives the dense uint8 [N, H, W] masks this mapper used to produce.
 """
 import logging
 import warnings
@@ -23,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..structures.masks import InstanceMasks, encode_bitmask
 from .common import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -54,31 +68,45 @@ def sample_short_edge(rng: np.random.Generator, sizes: Sequence[int], sampling: 
     raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}")
 
 
-def read_image(path: str, fmt: str, expected_hw: Tuple[int, int], image_id: int, dataset: str) -> np.ndarray:
-    """HxWx3 uint8 in `fmt` ("BGR"/"RGB"), EXIF orientation applied (as detectron2's read_image);
-    errors name the file and the image id."""
+def _open_rgb(path: str, expected_hw: Tuple[int, int], image_id: int, dataset: str) -> Image.Image:
+    """The image as an RGB PIL image, EXIF orientation applied (as detectron2's read_image), its size
+    checked against the annotations; errors name the file and the image id."""
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            arr = np.asarray(im.convert("RGB"))
+            im = ImageOps.exif_transpose(im)  # a loaded copy
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            rgb.load()
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found (image id {image_id} of dataset {dataset})") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read image id {image_id} of dataset {dataset}: {e}") from None
-    if arr.shape[:2] != tuple(expected_hw):
-        raise DatasetError(f"{path}: image id {image_id} of dataset {dataset} is {arr.shape[0]}x{arr.shape[1]} "
+    if (rgb.height, rgb.width) != tuple(expected_hw):
+        raise DatasetError(f"{path}: image id {image_id} of dataset {dataset} is {rgb.height}x{rgb.width} "
                            f"(h x w) but the annotations say {expected_hw[0]}x{expected_hw[1]}")
+    return rgb
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("BGR", "RGB"):
+        raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {fmt!r}")
+
+
+def load_image(path: str, fmt: str, expected_hw: Tuple[int, int], new_hw: Tuple[int, int], flip: bool,
+               image_id: int, dataset: str) -> torch.Tensor:
+    """The network input: uint8 [3, new_h, new_w] in `fmt` channel order. Read as RGB, resized with
+    PIL bilinear (per channel, so resizing before the channel swap gives the same bytes as after),
+    then flip, channel order and HWC -> CHW in one copy."""
+    _check_format(fmt)
+    im = _open_rgb(path, expected_hw, image_id, dataset)
+    newh, neww = new_hw
+    if (im.height, im.width) != (newh, neww):
+        im = im.resize((neww, newh), Image.BILINEAR)
+    arr = np.asarray(im)
+    if flip:
+        arr = arr[:, ::-1]
     if fmt == "BGR":
         arr = arr[:, :, ::-1]
-    elif fmt != "RGB":
-        raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {fmt!r}")
-    return arr
-
-
-def resize_image(img: np.ndarray, newh: int, neww: int) -> np.ndarray:
-    if img.shape[:2] == (newh, neww):
-        return img
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((neww, newh), Image.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def transform_boxes(xywh: np.ndarray, h: int, w: int, newh: int, neww: int, flip: bool) -> np.ndarray:
@@ -96,7 +124,9 @@ def transform_boxes(xywh: np.ndarray, h: int, w: int, newh: int, neww: int, flip
 
 
 def transform_polygon(poly: np.ndarray, h: int, w: int, newh: int, neww: int, flip: bool) -> np.ndarray:
-    p = np.asarray(poly, dtype=np.float64).reshape(-1, 2).copy()
+    """Flat [x0, y0, x1, ...] in the original image -> float64 in the resized (and flipped) image:
+    x *= new_w / w, y *= new_h / h, then x -> new_w - x (detectron2's apply_polygons)."""
+    p = np.array(poly, dtype=np.float64).reshape(-1, 2)
     p[:, 0] *= neww / w
     p[:, 1] *= newh / h
     if flip:
@@ -113,27 +143,33 @@ def _decode(rle) -> np.ndarray:
         return mask_util.decode(rle)
 
 
-def polygons_to_mask(polys: List[np.ndarray], height: int, width: int) -> np.ndarray:
-    """Rasterise polygons (already in output coordinates) like detectron2 (pycocotools frPyObjects,
-    merge, decode); uint8 HxW."""
+def polygons_to_rle(polys: List[np.ndarray], height: int, width: int) -> Dict:
+    """One instance's polygons (already in output coordinates) as a compressed RLE of height x width:
+    pycocotools frPyObjects + merge, i.e. exactly the RLE that ``polygons_to_bitmask`` decodes
+    (detectron2's bitmask mode), without the decode / re-encode round trip."""
     from pycocotools import mask as mask_util
 
+    if len(polys) == 0:
+        return encode_bitmask(np.zeros((height, width), dtype=np.uint8))
     rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64) for p in polys], height, width)
-    return _decode(mask_util.merge(rles)).astype(np.uint8)
+    return mask_util.merge(rles)
 
 
-def rle_to_mask(rle: Dict, newh: int, neww: int, flip: bool) -> np.ndarray:
-    """Decode an RLE at its own size, resize (nearest) to (newh, neww), flip."""
-    m = _decode(rle).astype(np.uint8)
-    if m.shape != (newh, neww):
-        m = np.asarray(Image.fromarray(m).resize((neww, newh), Image.NEAREST))
+def transform_rle(rle: Dict, newh: int, neww: int, flip: bool) -> Dict:
+    """An RLE annotation in network-input coordinates: decoded, resized to (newh, neww) with PIL
+    NEAREST (detectron2's apply_segmentation), flipped, re-encoded (``encode_bitmask``).
+    Works on the transposed mask (RLE runs are column-major: the decoded mask is Fortran-ordered, so
+    its transpose is C-contiguous for PIL and goes back to the encoder without a copy); PIL's nearest
+    resize samples each axis on its own, so resizing the transpose gives the transpose of the resize
+    (tested against the direct path)."""
+    from pycocotools import mask as mask_util
+
+    mt = _decode(rle).T  # (w, h), C-contiguous
+    if mt.shape != (neww, newh):
+        mt = np.asarray(Image.fromarray(mt).resize((newh, neww), Image.NEAREST))
     if flip:
-        m = m[:, ::-1]
-    return np.ascontiguousarray(m)
-
-
-def to_chw_float(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(torch.float32)
+        mt = mt[::-1]
+    return mask_util.encode(np.ascontiguousarray(mt).T)
 
 
 class DatasetMapper:
@@ -143,6 +179,9 @@ class DatasetMapper:
         self.is_train = is_train
         self.format = cfg.INPUT.FORMAT
         self.mask_on = bool(cfg.MODEL.MASK_ON)
+        self.mask_format = cfg.INPUT.MASK_FORMAT
+        if self.mask_format not in ("polygon", "bitmask"):
+            raise ValueError(f"INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got {self.mask_format!r}")
         if is_train:
             self.sizes = tuple(int(s) for s in cfg.INPUT.MIN_SIZE_TRAIN)
             self.sampling = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -173,17 +212,14 @@ class DatasetMapper:
             newh, neww = resize_shape(h, w, short, self.max_size)
         else:
             newh, neww = h, w
-        img = read_image(path, self.format, (h, w), image_id, dataset.name)
-        img = resize_image(img, newh, neww)
-        if flip:
-            img = img[:, ::-1]
-        out = {"image": to_chw_float(img), "image_id": image_id, "height": h, "width": w, "file_name": path,
+        image = load_image(path, self.format, (h, w), (newh, neww), flip, image_id, dataset.name)
+        out = {"image": image, "image_id": image_id, "height": h, "width": w, "file_name": path,
                "aug": {"short_edge": short, "flip": flip, "size": (newh, neww)}}
         if self.is_train:
             out["target"] = self._target(dataset, i, h, w, newh, neww, flip)
         return out
 
-    def _target(self, dataset, i, h, w, newh, neww, flip) -> Dict[str, torch.Tensor]:
+    def _target(self, dataset, i, h, w, newh, neww, flip) -> Dict[str, object]:
         index = dataset.index
         anns = index.annotations(i, with_segmentation=False)
         rows = np.arange(index.ann_rows(i).start, index.ann_rows(i).stop)
@@ -194,15 +230,16 @@ class DatasetMapper:
         target = {"boxes": torch.from_numpy(boxes.reshape(-1, 4)),
                   "labels": torch.from_numpy(labels.astype(np.int64))}
         if self.mask_on:
-            masks = np.zeros((len(rows), newh, neww), dtype=np.uint8)
-            for k, r in enumerate(rows):
+            items = []
+            for r in rows:
                 seg = index.segmentation(int(r))
                 if seg is None:
                     raise DatasetError(f"{dataset.json_file}: annotation id {int(index.a['ann_id'][r])} (image id "
                                        f"{index.image_id(i)}) has no segmentation, which MODEL.MASK_ON needs")
                 if isinstance(seg, dict):
-                    masks[k] = rle_to_mask(seg, newh, neww, flip)
+                    items.append(transform_rle(seg, newh, neww, flip))
                 else:
-                    masks[k] = polygons_to_mask([transform_polygon(p, h, w, newh, neww, flip) for p in seg], newh, neww)
-            target["masks"] = torch.from_numpy(masks)
+                    polys = [transform_polygon(p, h, w, newh, neww, flip) for p in seg]
+                    items.append(polys if self.mask_format == "polygon" else polygons_to_rle(polys, newh, neww))
+            target["masks"] = InstanceMasks(items, (newh, neww))
         return target
