@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from rethink.config import ConfigError, get_cfg, load_config, schedule_steps
+from rethink.config.validate import describe_source
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -174,5 +175,41 @@ def test_every_shipped_config_loads():
 
 def test_project_keys_have_defaults():
     cfg = get_cfg()
-    assert cfg.SOLVER.SCHEDULE == "" and cfg.SOLVER.SCHEDULE_UNIT == 90000 and cfg.SOLVER.REFERENCE_IMS_PER_BATCH == 16
+    # REFERENCE_IMS_PER_BATCH 0: no linear scaling, so a detectron2 config runs as written
+    assert cfg.SOLVER.SCHEDULE == "" and cfg.SOLVER.SCHEDULE_UNIT == 90000 and cfg.SOLVER.REFERENCE_IMS_PER_BATCH == 0
     assert cfg.TEST.EVALUATOR == "faster_coco_eval"
+    # ... while this project's configs write LR and iterations for 16 images/batch
+    assert load_config(CONFIGS / "Base-MaskRCNN-FPN.yaml").SOLVER.REFERENCE_IMS_PER_BATCH == 16
+
+
+def test_detectron2_config_is_not_rescaled(tmp_path):
+    path = _write(tmp_path, "d2.yaml", {"_BASE_": str(CONFIGS / "Base-MaskRCNN-FPN.yaml"),
+                                       "SOLVER": {"REFERENCE_IMS_PER_BATCH": 0, "IMS_PER_BATCH": 2, "BASE_LR": 0.0025,
+                                                  "SCHEDULE": "", "MAX_ITER": 1000, "STEPS": [600, 800]}})
+    cfg = load_config(path)
+    assert cfg.SOLVER.MAX_ITER == 1000 and tuple(cfg.SOLVER.STEPS) == (600, 800) and cfg.SOLVER.BASE_LR == 0.0025
+    assert cfg.SOLVER.WARMUP_ITERS == 1000 and cfg.SOLVER.CHECKPOINT_PERIOD == 5000
+
+
+def test_evaluator_backends():
+    for name in ("faster_coco_eval", "pycocotools", "hotcoco"):
+        assert load_config(CONFIGS / "scratch_gn_r50.yaml", ["TEST.EVALUATOR", name]).TEST.EVALUATOR == name
+    with pytest.raises(ConfigError, match=r"command line: TEST\.EVALUATOR = 'cocoapi': must be one of"):
+        load_config(CONFIGS / "scratch_gn_r50.yaml", ["TEST.EVALUATOR", "cocoapi"])
+
+
+def test_errors_say_where_a_value_came_from(tmp_path):
+    # a value no file set: which defaults hold it, never just "defaults"
+    with pytest.raises(ConfigError) as e:
+        load_config(None)
+    assert str(e.value).startswith("(detectron2's default): MODEL.BACKBONE.NAME = 'build_resnet_backbone'")
+    assert describe_source("TEST.EVALUATOR", get_cfg(), {}) == "(rethink default)"
+    # a value computed from SOLVER.SCHEDULE
+    with pytest.raises(ConfigError, match=r"^\(resolved from SOLVER\.SCHEDULE .*\): SOLVER\.STEPS"):
+        load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.SCHEDULE", "0.00001x"])
+    # a value set in a _BASE_ file: that file
+    base = _write(tmp_path, "base.yaml", {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"FPN": {"FUSE_TYPE": "avg"}}})
+    top = _write(tmp_path, "top.yaml", {"_BASE_": "base.yaml", "SOLVER": {"BASE_LR": 0.01}})
+    with pytest.raises(ConfigError, match=r"base\.yaml: MODEL\.FPN\.FUSE_TYPE = 'avg': .*only detectron2's default 'sum'"):
+        load_config(top)
+    assert os.path.exists(base)

@@ -13,19 +13,11 @@ from typing import Dict, Iterable, Optional
 import yaml
 from fvcore.common.config import CfgNode
 
-from .defaults import _C
-from .project_keys import add_project_keys
+from .defaults import get_cfg
 from .schedule import parse_schedule, resolve_schedule, schedule_steps
-from .validate import ConfigError, validate
+from .validate import ConfigError, describe_source, validate
 
 __all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "parse_schedule", "schedule_steps"]
-
-
-def get_cfg() -> CfgNode:
-    """A fresh, mutable copy of the defaults (detectron2's plus this project's keys)."""
-    cfg = _C.clone()
-    add_project_keys(cfg)
-    return cfg
 
 
 def _leaf_keys(data: dict, node: CfgNode, prefix: str, source: str):
@@ -108,7 +100,7 @@ def load_config(path: Optional[str], overrides: Iterable[str] = (), freeze: bool
     try:
         resolve_schedule(cfg, set(origins))
     except ValueError as e:
-        raise ConfigError(f"{origins.get('SOLVER.SCHEDULE', 'defaults')}: {e}") from None
+        raise ConfigError(f"{describe_source('SOLVER.SCHEDULE', cfg, origins)}: {e}") from None
     validate(cfg, origins)
     if freeze:
         cfg.freeze()

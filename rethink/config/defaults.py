@@ -1,12 +1,15 @@
-"""detectron2's default config keys and values, for the parts of Mask R-CNN this project builds.
+"""detectron2's default config: every key of its ``get_cfg()``, with its default value.
 
-Names and values follow detectron2's ``detectron2/config/defaults.py`` so that a detectron2 config
-file (``_BASE_: Base-RCNN-FPN.yaml`` and the ``configs/Misc`` files) reads here without
+Names and values follow ``detectron2/config/defaults.py`` (commit 02b5c4e, version 0.6), all of
+them, so that any detectron2 config file, including a full ``cfg.dump()``, reads here without
 translation. Keys that this project adds are not here: they are declared, each with a comment, in
-:mod:`rethink.config.project_keys`. Values that the model builder cannot honour (e.g. deformable
-convs) are accepted by the loader and rejected, naming the key, by :func:`rethink.config.validate`.
+:mod:`rethink.config.project_keys`. Which keys the project honours, and which it accepts only at
+the default value declared here (keypoints, RetinaNet, cascade, ...), is declared in
+:mod:`rethink.config.validate`.
 """
 from fvcore.common.config import CfgNode as CN
+
+from .project_keys import add_project_keys
 
 _C = CN()
 _C.VERSION = 2
@@ -29,6 +32,7 @@ _C.INPUT.MAX_SIZE_TRAIN = 1333
 _C.INPUT.MIN_SIZE_TEST = 800
 _C.INPUT.MAX_SIZE_TEST = 1333
 _C.INPUT.RANDOM_FLIP = "horizontal"
+# Random crop before resizing (TYPE "relative_range", "relative", "absolute", "absolute_range").
 _C.INPUT.CROP = CN({"ENABLED": False})
 _C.INPUT.CROP.TYPE = "relative_range"
 _C.INPUT.CROP.SIZE = [0.9, 0.9]
@@ -37,6 +41,7 @@ _C.INPUT.MASK_FORMAT = "polygon"
 
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ()
+# Precomputed proposals (MODEL.LOAD_PROPOSALS): one file per dataset, and how many to keep per image.
 _C.DATASETS.PROPOSAL_FILES_TRAIN = ()
 _C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
 _C.DATASETS.TEST = ()
@@ -47,7 +52,10 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+# Repeat-factor sampling (LVIS-style): threshold on a category's image frequency, and whether the
+# repeat factor is sqrt(threshold / frequency) (True) or threshold / frequency (False).
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0
+_C.DATALOADER.REPEAT_SQRT = True
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
 _C.MODEL.BACKBONE = CN()
@@ -68,6 +76,7 @@ _C.MODEL.ANCHOR_GENERATOR = CN()
 _C.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# Anchor angles in degrees, for rotated boxes (RRPN) only.
 _C.MODEL.ANCHOR_GENERATOR.ANGLES = [[-90, 0, 90]]
 _C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
 
@@ -119,6 +128,21 @@ _C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256
 _C.MODEL.ROI_BOX_HEAD.NORM = ""
 _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
 _C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False
+# Federated loss and sigmoid classification (long-tailed datasets such as LVIS).
+_C.MODEL.ROI_BOX_HEAD.USE_FED_LOSS = False
+_C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False
+_C.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER = 0.5
+_C.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES = 50
+
+# Cascade R-CNN: box-regression weights and foreground IoU of each of its three stages. (The inner
+# sequences are lists: a dumped config reads back as lists there, and then compares equal.)
+_C.MODEL.ROI_BOX_CASCADE_HEAD = CN()
+_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = (
+    [10.0, 10.0, 5.0, 5.0],
+    [20.0, 20.0, 10.0, 10.0],
+    [30.0, 30.0, 15.0, 15.0],
+)
+_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
 
 _C.MODEL.ROI_MASK_HEAD = CN()
 _C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
@@ -129,6 +153,55 @@ _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256
 _C.MODEL.ROI_MASK_HEAD.NORM = ""
 _C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False
 _C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
+
+# Keypoint R-CNN head (MODEL.KEYPOINT_ON).
+_C.MODEL.ROI_KEYPOINT_HEAD = CN()
+_C.MODEL.ROI_KEYPOINT_HEAD.NAME = "KRCNNConvDeconvUpsampleHead"
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = (512,) * 8
+_C.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = 17
+_C.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE = 1
+_C.MODEL.ROI_KEYPOINT_HEAD.NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS = True
+_C.MODEL.ROI_KEYPOINT_HEAD.LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE = "ROIAlignV2"
+
+# Semantic segmentation head (SemanticSegmentor, and the stuff branch of Panoptic FPN).
+_C.MODEL.SEM_SEG_HEAD = CN()
+_C.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
+_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 54
+_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 128
+_C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
+_C.MODEL.SEM_SEG_HEAD.NORM = "GN"
+_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+
+# Panoptic FPN: instance-loss weight and how instance and stuff predictions are merged.
+_C.MODEL.PANOPTIC_FPN = CN()
+_C.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = 1.0
+_C.MODEL.PANOPTIC_FPN.COMBINE = CN({"ENABLED": True})
+_C.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH = 0.5
+_C.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 4096
+_C.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.5
+
+# RetinaNet (the one-stage detector).
+_C.MODEL.RETINANET = CN()
+_C.MODEL.RETINANET.NUM_CLASSES = 80
+_C.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+_C.MODEL.RETINANET.NUM_CONVS = 4
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
+_C.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0
+_C.MODEL.RETINANET.FOCAL_LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.1
+_C.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.RETINANET.NORM = ""
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50
@@ -150,6 +223,7 @@ _C.SOLVER = CN()
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
 _C.SOLVER.MAX_ITER = 40000
 _C.SOLVER.BASE_LR = 0.001
+# Final LR of the cosine schedule (WarmupCosineLR).
 _C.SOLVER.BASE_LR_END = 0.0
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
@@ -157,6 +231,7 @@ _C.SOLVER.WEIGHT_DECAY = 0.0001
 _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)
+# Decay count of WarmupStepWithFixedGammaLR, and whether its step interval is rescaled.
 _C.SOLVER.NUM_DECAYS = 3
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
 _C.SOLVER.WARMUP_ITERS = 1000
@@ -164,6 +239,7 @@ _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.RESCALE_INTERVAL = False
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.IMS_PER_BATCH = 16
+# detectron2's own auto-scaling by number of GPUs (0 = off); this project scales by batch size instead.
 _C.SOLVER.REFERENCE_WORLD_SIZE = 0
 _C.SOLVER.BIAS_LR_FACTOR = 1.0
 _C.SOLVER.WEIGHT_DECAY_BIAS = None
@@ -178,6 +254,7 @@ _C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EVAL_PERIOD = 0
 _C.TEST.KEYPOINT_OKS_SIGMAS = []
 _C.TEST.DETECTIONS_PER_IMAGE = 100
+# Test-time augmentation: several short sides and a horizontal flip, predictions merged.
 _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
@@ -188,8 +265,20 @@ _C.TEST.PRECISE_BN.NUM_ITER = 200
 _C.OUTPUT_DIR = "./output"
 # Seed for every random stream; negative draws one (the drawn value is written to the saved config).
 _C.SEED = -1
+# torch.backends.cudnn.benchmark for training (set per process by rethink.engine).
 _C.CUDNN_BENCHMARK = False
+# fp32 matmul/convolution precision on CUDA: "" keeps torch's defaults; "highest" (no TF32), "high"
+# or "medium" (TF32 allowed) are passed to torch.set_float32_matmul_precision.
 _C.FLOAT32_PRECISION = ""
+# Period of training-batch visualisation in detectron2 (0 = off).
 _C.VIS_PERIOD = 0
+# A placeholder group that detectron2 itself never reads.
 _C.GLOBAL = CN()
 _C.GLOBAL.HACK = 1.0
+
+
+def get_cfg() -> CN:
+    """A fresh, mutable copy of the defaults: detectron2's keys above plus this project's keys."""
+    cfg = _C.clone()
+    add_project_keys(cfg)
+    return cfg

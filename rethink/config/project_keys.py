@@ -15,12 +15,14 @@ def add_project_keys(cfg: CN) -> None:
     # IMS_PER_BATCH differs, BASE_LR scales by IMS_PER_BATCH/REFERENCE and MAX_ITER, STEPS,
     # WARMUP_ITERS, CHECKPOINT_PERIOD, SCHEDULE_UNIT and TEST.EVAL_PERIOD by its inverse (linear scaling rule).
     # After resolution it equals IMS_PER_BATCH, so resolving a saved config again changes nothing.
-    # 0 disables scaling.
-    cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 16
+    # 0 (the default) disables scaling, so a detectron2 config runs exactly as written; this project's
+    # configs set 16 (configs/Base-MaskRCNN-FPN.yaml), the batch of the paper's schedules.
+    cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 0
     # Extra iterations (counted as completed iterations) at which to write model_XXXXXXX.pth besides
     # every CHECKPOINT_PERIOD: the fork points of shorter schedules branching off this run (rethink.fork).
     cfg.SOLVER.CHECKPOINT_ITERS = ()
 
     # --- evaluation ----------------------------------------------------------------------------------
-    # COCO evaluator backend: "faster_coco_eval" (default, same numbers, much faster) or "pycocotools".
+    # COCO evaluator backend: "faster_coco_eval" (default, same numbers, much faster), "pycocotools"
+    # (the reference implementation) or "hotcoco".
     cfg.TEST.EVALUATOR = "faster_coco_eval"

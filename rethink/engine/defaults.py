@@ -94,9 +94,25 @@ def setup_logging(output_dir: str = None, rank: int = 0) -> None:
     root.setLevel(logging.INFO)
 
 
+def setup_torch_backends(cfg, eval_only: bool = False) -> None:
+    """This process's torch switches from the config, as detectron2's default_setup sets them:
+    cudnn.benchmark = CUDNN_BENCHMARK when training (left alone for evaluation); FLOAT32_PRECISION,
+    when not "" and CUDA is present, as torch's fp32 matmul precision, with TF32 convolutions allowed
+    unless it is "highest"."""
+    if not eval_only:
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    precision = cfg.FLOAT32_PRECISION
+    if precision and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = precision != "highest"
+        logger.info("FLOAT32_PRECISION %s: matmul precision %s, cudnn TF32 %s", precision,
+                    torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+
+
 def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     """What every rank runs: train (optionally resuming) or evaluate. Returns rank 0's results."""
     setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+    setup_torch_backends(cfg, eval_only)
     seed = comm.broadcast(cfg.SEED)  # ranks started separately (torchrun, SLURM) may have drawn their own
     if seed != cfg.SEED:
         cfg = cfg.clone()
