@@ -2,6 +2,7 @@
 (output dir, seed, logging, saved config) and the per-rank main function."""
 import argparse
 import hashlib
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ from .launch import launch
 from .trainer import Trainer, evaluate, flatten_results
 
 logger = logging.getLogger(__name__)
+EVAL_RESULTS = "eval_results.json"  # what --eval-only writes: {"bbox/AP": ..., "segm/AP": ...}
 
 
 def default_argument_parser(description: str = "Train or evaluate Mask R-CNN (rethink)") -> argparse.ArgumentParser:
@@ -134,7 +136,9 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
         Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume)
         results = evaluate(cfg, model, device)
         if comm.is_main_process():
-            logger.info("Evaluation results: %s", flatten_results(results))
+            flat = flatten_results(results)
+            logger.info("Evaluation results: %s", flat)
+            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS), json.dumps(flat, indent=1, sort_keys=True))
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume)
