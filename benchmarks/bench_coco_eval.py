@@ -1,15 +1,20 @@
-"""Wall time of the two COCO eval backends (faster-coco-eval vs pycocotools) on a synthetic COCO-sized set.
+"""Wall time of the COCO eval backends (pycocotools, faster-coco-eval, hotcoco) side by side, on a synthetic
+COCO-sized set, as ratios to pycocotools (the reference), with their agreement on the 12 summary statistics.
 
     python benchmarks/bench_coco_eval.py                      # 5000 images, ~7 GT and 100 detections per image
     python benchmarks/bench_coco_eval.py --num-images 500     # quicker
+    python benchmarks/bench_coco_eval.py --threads 1          # hotcoco on one thread (RAYON_NUM_THREADS=1)
 
 Times, per backend: loading the GT json, then ``evaluate_coco_results`` for bbox and for segm (loadRes + evaluate +
-accumulate + summarize, exactly what ``COCOEvaluator.evaluate`` runs per task), and checks that both backends give
-the same 12 summary statistics.
+accumulate + summarize + per-category AP, exactly what ``COCOEvaluator.evaluate`` runs per task). ``--repeat N``
+runs each evaluation N times and reports the median. Speed-up = pycocotools seconds / backend seconds. The last
+columns compare each backend's 12 summary statistics and per-category AP with pycocotools' ("identical" = equal
+as float64 numbers).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -21,7 +26,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rethink.evaluation import BACKENDS, evaluate_coco_results, load_coco_gt  # noqa: E402
+from rethink.evaluation import BACKENDS, REFERENCE_BACKEND, evaluate_coco_results, load_coco_gt  # noqa: E402
 
 logger = logging.getLogger("bench_coco_eval")
 CAT_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # COCO's 80 category ids
@@ -83,55 +88,91 @@ def make_synthetic(num_images, instances, dets, seed=0, height=480, width=640):
     return gt, results
 
 
+def _compare(stats, ref_stats, metrics, ref_metrics) -> str:
+    """'identical' or the largest difference (summary stats as fractions, per-category AP in percent)."""
+    if stats.tolist() == ref_stats.tolist() and metrics == ref_metrics:
+        return "identical"
+    if list(metrics) != list(ref_metrics) or [v is None for v in metrics.values()] != [
+            v is None for v in ref_metrics.values()]:
+        return "DIFFERENT keys or undefined entries"
+    d_stat = float(np.abs(stats - ref_stats).max())
+    d_cat = max((abs(v - ref_metrics[k]) / 100.0 for k, v in metrics.items() if v is not None), default=0.0)
+    return f"max |diff| {max(d_stat, d_cat):.1e}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=5000)
     parser.add_argument("--instances", type=float, default=7.0, help="mean GT instances per image")
     parser.add_argument("--dets", type=int, default=100, help="detections per image")
     parser.add_argument("--tasks", nargs="+", default=["bbox", "segm"])
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+                        help="pycocotools, the reference, is always run (first)")
+    parser.add_argument("--repeat", type=int, default=1, help="evaluations per backend and task (median reported)")
+    parser.add_argument("--threads", type=int, help="cap hotcoco's rayon threads (RAYON_NUM_THREADS)")
     parser.add_argument("--json-out", help="also write the timings here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     logging.getLogger("rethink").setLevel(logging.WARNING)  # keep the COCO summaries out of the table
+    if args.threads:
+        os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # read when hotcoco starts its thread pool
+    backends = [REFERENCE_BACKEND] + [b for b in dict.fromkeys(args.backends) if b != REFERENCE_BACKEND]
+    versions = {}
+    for b in backends:
+        try:
+            versions[b] = importlib.metadata.version(b.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            versions[b] = "?"
 
     tic = time.perf_counter()
     gt, results = make_synthetic(args.num_images, args.instances, args.dets)
     logger.info(
-        "synthetic set: %d images, %d GT instances, %d detections (%.1f s to build)",
-        len(gt["images"]), len(gt["annotations"]), len(results), time.perf_counter() - tic,
+        "synthetic set: %d images, %d GT instances, %d detections (%.1f s to build); %d CPUs usable, "
+        "RAYON_NUM_THREADS=%s", len(gt["images"]), len(gt["annotations"]), len(results),
+        time.perf_counter() - tic, len(os.sched_getaffinity(0)), os.environ.get("RAYON_NUM_THREADS", "(all)"),
     )
-    rows, stats = [], {}
+    seconds, outcome = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         gt_path = os.path.join(tmp, "gt.json")
         with open(gt_path, "w") as f:
             json.dump(gt, f)
         del gt
-        for backend in args.backends:
+        for backend in backends:
             tic = time.perf_counter()
             coco_gt = load_coco_gt(gt_path, backend)
-            rows.append((backend, "load GT", time.perf_counter() - tic, None))
+            seconds[backend, "load GT"] = time.perf_counter() - tic
             for task in args.tasks:
-                tic = time.perf_counter()
-                res = evaluate_coco_results(coco_gt, results, task, backend)
-                rows.append((backend, task, time.perf_counter() - tic, res.metrics["AP"]))
-                stats[backend, task] = res.stats
+                times = []
+                for _ in range(max(args.repeat, 1)):
+                    tic = time.perf_counter()
+                    res = evaluate_coco_results(coco_gt, results, task, backend)
+                    times.append(time.perf_counter() - tic)
+                seconds[backend, task] = float(np.median(times))
+                outcome[backend, task] = res
+                logger.info("%s %s: %.2f s, AP %.3f", backend, task, seconds[backend, task], res.metrics["AP"])
+            del coco_gt
+
+    ref = REFERENCE_BACKEND
+    head = ["step"] + [f"{b} {versions[b]} s" for b in backends] + [f"{b} speed-up" for b in backends[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step in ["load GT"] + list(args.tasks):
+        cells = [step] + [f"{seconds[b, step]:.2f}" for b in backends]
+        cells += [f"{seconds[ref, step] / seconds[b, step]:.1f}x" for b in backends[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
     logger.info("")
-    logger.info("| backend          | step    | wall s  | AP     |")
-    logger.info("|------------------|---------|---------|--------|")
-    for backend, step, seconds, ap in rows:
-        logger.info("| %-16s | %-7s | %7.2f | %6s |", backend, step, seconds, "" if ap is None else f"{ap:.3f}")
-    if len(args.backends) == 2:
-        for task in args.tasks:
-            a, b = (stats[bk, task] for bk in args.backends)
-            fast = dict((r[0], r[2]) for r in rows if r[1] == task)
-            logger.info(
-                "%s: max |stat difference| %.2e, speed-up %s/%s = %.1fx", task, float(np.abs(a - b).max()),
-                args.backends[1], args.backends[0], fast[args.backends[1]] / fast[args.backends[0]],
-            )
+    logger.info("%s", "\n".join(lines))
+    logger.info("")
+    logger.info("agreement with %s (12 summary statistics + %d per-category AP):", ref,
+                sum(k.startswith("AP-") for k in outcome[ref, args.tasks[0]].metrics))
+    for task in args.tasks:
+        r = outcome[ref, task]
+        logger.info("  %s: AP %.3f; %s", task, r.metrics["AP"], "; ".join(
+            f"{b} {_compare(outcome[b, task].stats, r.stats, outcome[b, task].metrics, r.metrics)}"
+            for b in backends[1:]))
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump([{"backend": b, "step": s, "seconds": t, "AP": ap} for b, s, t, ap in rows], f, indent=1)
+            json.dump([{"backend": b, "step": s, "seconds": t, "speedup_vs_pycocotools": seconds[ref, s] / t}
+                       for (b, s), t in seconds.items()], f, indent=1)
 
 
 if __name__ == "__main__":

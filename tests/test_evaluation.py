@@ -1,5 +1,9 @@
-"""COCO evaluation: GT-as-predictions scores 100, both backends agree to the last bit on noisy predictions, empty
-predictions score 0, segm results carry no bbox, and a 2-process gloo evaluation equals a single-process one."""
+"""COCO evaluation: GT-as-predictions scores 100; every backend gives pycocotools' 12 summary statistics and
+per-category AP (hotcoco bit for bit, faster-coco-eval to 1e-9) on crowd regions, images without GT or detections,
+an empty result list, categories and slices without GT, more than 100 detections per image, RLE and polygon GT and a
+small version of the benchmark set; empty predictions score 0, segm results carry no bbox, and a 2-process gloo
+evaluation equals a single-process one."""
+import importlib.util
 import json
 import os
 
@@ -12,9 +16,12 @@ import torch.multiprocessing as mp
 from rethink.evaluation import (
     AP_METRICS,
     BACKENDS,
+    REFERENCE_BACKEND,
     COCOEvaluator,
     contiguous_id_map,
+    evaluate_coco_results,
     instances_to_coco_json,
+    load_coco_gt,
     save_predictions,
     task_results,
 )
@@ -210,19 +217,6 @@ def test_ground_truth_as_predictions_scores_100(gt_json, backend):
         assert 0.5 < ev.stats[task][6] < 1.0
 
 
-def test_backends_agree_on_noisy_predictions(gt_json):
-    gt = json.load(open(gt_json))
-    outputs = _gt_outputs(gt, noisy=True, seed=1)
-    (res_fast, ev_fast), (res_py, ev_py) = (_run(gt_json, outputs, b) for b in BACKENDS)
-    for task in ("bbox", "segm"):
-        np.testing.assert_allclose(ev_fast.stats[task], ev_py.stats[task], rtol=0, atol=1e-9)
-    _assert_same_metrics(res_fast, res_py)
-    for task in ("bbox", "segm"):
-        # noisy: neither perfect nor empty
-        assert 5.0 < res_py[task]["AP"] < 95.0
-    assert ev_fast.stats["bbox"].tolist() != ev_fast.stats["segm"].tolist()
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_predictions_score_zero(gt_json, backend):
     empty = {i: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
@@ -235,18 +229,19 @@ def test_empty_predictions_score_zero(gt_json, backend):
             assert res[task] == {k: 0.0 for k in AP_METRICS + ("AP-person", "AP-car", "AP-dog")}
 
 
-def test_undefined_metrics_are_none_in_both_backends(gt_json):
+def test_undefined_metrics_are_none_in_every_backend(gt_json):
     gt = json.load(open(gt_json))
     outputs = _gt_outputs(gt)
     # image 9 has no objects, image 5 only a large dog and a small person: no medium object, no car
-    per_backend = [_run(gt_json, outputs, b, img_ids=[9, 5]) for b in BACKENDS]
-    for results, ev in per_backend:
+    per_backend = {b: _run(gt_json, outputs, b, img_ids=[9, 5]) for b in BACKENDS}
+    for results, ev in per_backend.values():
         for task in ("bbox", "segm"):
             assert results[task]["APm"] is None and results[task]["AP-car"] is None
             assert results[task]["AP"] == pytest.approx(100.0) and results[task]["APs"] == pytest.approx(100.0)
             assert ev.stats[task][4] == -1.0  # raw COCOeval value kept in .stats
             json.loads(json.dumps(results, allow_nan=False))
-    _assert_same_metrics(per_backend[0][0], per_backend[1][0])
+    for b in BACKENDS:
+        _assert_same_metrics(per_backend[b][0], per_backend[REFERENCE_BACKEND][0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -258,6 +253,177 @@ def test_partial_evaluation_with_img_ids(gt_json, backend):
     partial, _ = _run(gt_json, some, backend, tasks=("bbox",), img_ids=[1, 8])
     assert set(default) == {"bbox"} and default["bbox"]["AP"] < 90.0
     assert partial["bbox"]["AP"] == pytest.approx(100.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# parity with pycocotools, case by case
+# --------------------------------------------------------------------------------------------------------------------
+NO_GT_CAT = {"id": 20, "name": "cat"}  # a category of the dataset without a single annotation
+PARITY_CAT_IDS = CAT_IDS + (NO_GT_CAT["id"],)
+CROWD_BOX = (20, 120, 130, 70)  # x, y, w, h of image 2's iscrowd region (see _gt_dict)
+#: tolerance (COCOeval fractions) against pycocotools; None = bit-identical. faster-coco-eval computes a perfect
+#: precision as exactly 1 where pycocotools gets 1 - 2e-16 (it divides by tp + fp + eps).
+PARITY_TOL = {"pycocotools": None, "hotcoco": None, "faster_coco_eval": 1e-9}
+
+
+@pytest.fixture(scope="module")
+def parity_gt_json(tmp_path_factory):
+    gt = _gt_dict()
+    gt["categories"] = gt["categories"] + [NO_GT_CAT]
+    path = tmp_path_factory.mktemp("coco_parity") / "instances_parity.json"
+    path.write_text(json.dumps(gt))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def parity_gt(parity_gt_json):
+    """One ground-truth object per backend, reused across cases as COCOEvaluator reuses it across evaluations."""
+    return {b: load_coco_gt(parity_gt_json, b) for b in BACKENDS}
+
+
+def _results(outputs, image_ids=None):
+    cmap = contiguous_id_map(PARITY_CAT_IDS)
+    ids = list(outputs) if image_ids is None else image_ids
+    return [r for i in ids for r in instances_to_coco_json(outputs[i], i, cmap)]
+
+
+def _rect_result(image_id, cat, x, y, w, h, score):
+    """A detection whose mask is its box, as a compressed RLE (str counts) from the box polygon."""
+    ih, iw = next((ih, iw) for i, ih, iw in IMAGES if i == image_id)
+    rle = mask_util.frPyObjects([_rect(x, y, w, h)], ih, iw)[0]
+    rle["counts"] = rle["counts"].decode("utf-8")
+    return {"image_id": image_id, "category_id": cat, "bbox": [float(x), float(y), float(w), float(h)],
+            "score": float(score), "segmentation": rle}
+
+
+def _case(name, gt):
+    """(COCO results, img_ids) of one parity case."""
+    noisy = _gt_outputs(gt, noisy=True, seed=1)
+    rng = np.random.default_rng(7)
+    if name == "noisy":
+        return _results(noisy), None
+    if name == "crowd_regions":
+        # noisy predictions plus persons inside image 2's crowd region (matched to it, so ignored), a car there
+        # (a false positive: a crowd only absorbs its own category) and persons straddling its border
+        x, y, w, h = CROWD_BOX
+        extra = [_rect_result(2, 3, x + 5, y + 5, 40, 30, 0.95), _rect_result(2, 3, x + 60, y + 20, 50, 40, 0.9),
+                 _rect_result(2, 3, x + 2, y + 2, w - 4, h - 4, 0.85), _rect_result(2, 7, x + 10, y + 10, 30, 30, 0.8),
+                 _rect_result(2, 3, x - 40, y - 30, 70, 60, 0.7), _rect_result(2, 3, x + w - 30, y + 40, 60, 40, 0.6)]
+        return _results(noisy) + extra, None
+    if name == "images_without_gt":
+        # confident false positives of every category on image 9, which has no annotation
+        extra = [_rect_result(9, c, 10 + 30 * k, 20 + 10 * k, 60, 50, 0.99 - 0.01 * k) for k, c in enumerate(CAT_IDS)]
+        return _results(noisy) + extra, None
+    if name == "images_without_detections":
+        return _results(noisy, image_ids=[1, 8]), None  # 2, 5, 9 and 13 have none: their objects are misses
+    if name == "empty_results":
+        return [], None
+    if name == "category_without_gt":
+        extra = [_rect_result(i, NO_GT_CAT["id"], 15, 25, 80, 60, s) for i, s in ((1, 0.99), (5, 0.5), (13, 0.7))]
+        return _results(noisy) + extra, None
+    if name == "slice_without_gt":
+        return _results(noisy), [9, 5]  # no medium object, no car, no cat in the slice: -1 / None there
+    if name == "more_than_100_detections":
+        # 150 detections on images 1 and 13: the true objects below ~100 lower-scored ones on some categories, and
+        # scores rounded to 0.05 so that many tie (order then follows the results list, in every backend)
+        results = []
+        for image_id in (1, 13):
+            ih, iw = next((ih, iw) for i, ih, iw in IMAGES if i == image_id)
+            for k in range(150):
+                w, h = rng.uniform(10, 150, 2)
+                x, y = rng.uniform(0, iw - w), rng.uniform(0, ih - h)
+                cat = int(rng.choice(CAT_IDS))
+                results.append(_rect_result(image_id, cat, x, y, w, h, round(rng.uniform(0.05, 1.0) / 0.05) * 0.05))
+            for ann in gt["annotations"]:
+                if ann["image_id"] == image_id:
+                    x, y, w, h = ann["bbox"]
+                    results.append(_rect_result(image_id, ann["category_id"], x + 1, y, w, h, 0.5))
+        return results + [r for r in _results(noisy) if r["image_id"] not in (1, 13)], None
+    raise ValueError(name)
+
+
+PARITY_CASES = ("noisy", "crowd_regions", "images_without_gt", "images_without_detections", "empty_results",
+                "category_without_gt", "slice_without_gt", "more_than_100_detections")
+
+
+def _assert_parity(got, ref, tol):
+    """12 summary statistics and the metric dict (AP..APl, AP-<category>) of ``got`` equal those of ``ref``:
+    exactly when ``tol`` is None, else to ``tol`` (fractions). Undefined entries (-1 / None) must match."""
+    assert got.stats.shape == (12,) and ref.stats.shape == (12,)
+    assert list(got.metrics) == list(ref.metrics)
+    assert [k for k, v in got.metrics.items() if v is None] == [k for k, v in ref.metrics.items() if v is None]
+    if tol is None:
+        assert got.stats.tolist() == ref.stats.tolist()
+        assert got.metrics == ref.metrics
+    else:
+        np.testing.assert_allclose(got.stats, ref.stats, rtol=0, atol=tol)
+        for key, value in ref.metrics.items():
+            if value is not None:
+                assert got.metrics[key] == pytest.approx(value, rel=0, abs=tol * 100), key
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_backends_match_pycocotools(parity_gt_json, parity_gt, case):
+    gt = json.load(open(parity_gt_json))
+    results, img_ids = _case(case, gt)
+    for task in ("bbox", "segm"):
+        ref = evaluate_coco_results(parity_gt[REFERENCE_BACKEND], results, task, REFERENCE_BACKEND, img_ids=img_ids)
+        for backend in BACKENDS:
+            got = evaluate_coco_results(parity_gt[backend], results, task, backend, img_ids=img_ids)
+            _assert_parity(got, ref, PARITY_TOL[backend])
+        m = ref.metrics
+        # each case exercises what it names (checked on the reference)
+        assert m["AP-cat"] is None  # never any cat GT
+        if case == "empty_results":
+            assert ref.stats.tolist() == [0.0] * 12 and results == []
+        elif case == "slice_without_gt":
+            assert m["APm"] is None and m["AP-car"] is None and ref.stats[4] == ref.stats[10] == -1.0
+        else:
+            assert 0.0 < m["AP"] < 100.0 and all(m[f"AP-{c['name']}"] is not None for c in CATS)
+        if case == "more_than_100_detections":
+            assert max(np.unique([r["image_id"] for r in results], return_counts=True)[1]) > 100
+            assert ref.stats[8] < 1.0  # AR@100 misses some objects ranked past the 100th detection
+
+
+def test_crowd_detections_are_ignored(parity_gt_json, parity_gt):
+    """Persons on the crowd region change neither AP nor AR@100 (they match the crowd and are ignored); the car
+    there is a false positive. Same in every backend."""
+    gt = json.load(open(parity_gt_json))
+    perfect = [{**r, "score": 0.5} for r in _results(_gt_outputs(gt))]
+    x, y, w, h = CROWD_BOX
+    on_crowd = [_rect_result(2, 3, x + 5, y + 5, 40, 30, 0.95), _rect_result(2, 3, x + 2, y + 2, w - 4, h - 4, 0.85)]
+    car = [_rect_result(2, 7, x + 10, y + 10, 30, 30, 0.99)]
+    for backend in BACKENDS:
+        for task in ("bbox", "segm"):
+            base = evaluate_coco_results(parity_gt[backend], perfect, task, backend)
+            crowd = evaluate_coco_results(parity_gt[backend], perfect + on_crowd, task, backend)
+            fp = evaluate_coco_results(parity_gt[backend], perfect + car, task, backend)
+            # AP and AR@100 unchanged; AR@1 may drop since an ignored detection still takes one of the maxDets
+            assert crowd.stats[:6].tolist() == base.stats[:6].tolist(), (backend, task)
+            assert crowd.stats[8] == base.stats[8] and crowd.stats[6] < base.stats[6], (backend, task)
+            assert fp.metrics["AP-car"] < base.metrics["AP-car"] == pytest.approx(100.0), (backend, task)
+
+
+def _bench_module():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_coco_eval.py")
+    spec = importlib.util.spec_from_file_location("bench_coco_eval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backends_match_pycocotools_on_benchmark_set(tmp_path):
+    """A 40-image version of benchmarks/bench_coco_eval.py's set: 80 categories, polygon GT of every size, 1%
+    crowd, 120 detections per image (noisy hits and background), evaluated per-category."""
+    gt, results = _bench_module().make_synthetic(40, 7.0, 120, seed=3)
+    path = tmp_path / "bench_gt.json"
+    path.write_text(json.dumps(gt))
+    for task in ("bbox", "segm"):
+        ref = evaluate_coco_results(load_coco_gt(path, REFERENCE_BACKEND), results, task, REFERENCE_BACKEND)
+        assert 5.0 < ref.metrics["AP"] < 95.0
+        for backend in BACKENDS:
+            got = evaluate_coco_results(load_coco_gt(path, backend), results, task, backend)
+            _assert_parity(got, ref, PARITY_TOL[backend])
 
 
 def test_segm_results_carry_no_bbox(gt_json, tmp_path):

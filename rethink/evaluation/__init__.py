@@ -1,7 +1,8 @@
-"""COCO evaluation (detectron2 ``COCOEvaluator`` semantics) with faster-coco-eval or pycocotools backends."""
+"""COCO evaluation (detectron2 ``COCOEvaluator`` semantics) with faster-coco-eval, pycocotools or hotcoco backends."""
 from .coco import (
     AP_METRICS,
     BACKENDS,
+    REFERENCE_BACKEND,
     RESULTS_FILENAME,
     STAT_NAMES,
     TASKS,
@@ -21,6 +22,7 @@ from .coco import (
 __all__ = [
     "AP_METRICS",
     "BACKENDS",
+    "REFERENCE_BACKEND",
     "RESULTS_FILENAME",
     "STAT_NAMES",
     "TASKS",
