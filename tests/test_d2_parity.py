@@ -220,3 +220,26 @@ def test_training_losses_default_sampling_seed_independent_terms(cfg):
     ours = _train_losses(cfg, _overrides(meta["default_sampling"]["config"]))
     for name in ("loss_box_reg", "loss_mask", "loss_rpn_loc"):
         assert ours[name] == pytest.approx(ref[name], rel=1e-4), (name, ours[name], ref[name])
+
+
+def test_train_mapper_equals_detectron2_dataset_mapper(golden_env):
+    """Our training mapper on the fixed batch's images (short side 256, no flip) gives detectron2's
+    input image, GT boxes, classes and resized polygons (crowd dropped)."""
+    from rethink.data import DatasetMapper, get_dataset
+
+    images, targets, meta = _train_batch()
+    cfg = load_config(GOLDEN / "model" / "config.yaml",
+                      ["INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.RANDOM_FLIP", "none"])
+    dataset = get_dataset("coco_2017_train")
+    mapper = DatasetMapper(cfg, is_train=True)
+    row_of = {dataset.index.image_id(i): i for i in range(len(dataset))}
+    for b, image, target in zip(meta["batch"], images, targets):
+        sample = mapper(dataset, row_of[b["image_id"]], np.random.default_rng(0))
+        assert torch.equal(sample["image"], image), b["image_id"]
+        t = sample["target"]
+        assert torch.equal(t["labels"], target["labels"]) and len(t["masks"]) == b["num_gt"]
+        assert_close(t["boxes"], target["boxes"], rel=1e-6, what="GT boxes")
+        for ours, theirs in zip(t["masks"].items, target["masks"].items):
+            assert len(ours) == len(theirs)
+            for p, q in zip(ours, theirs):  # the annotation cache keeps float32 coordinates
+                np.testing.assert_allclose(p, q, rtol=0, atol=1e-4)
