@@ -69,7 +69,7 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
             its, mean, lo, hi, n = aggregate(members, key)
             if len(its) == 0:
                 continue
-            seeds = len({r.cfg.SEED for r in members})
+            seeds = len({r.axes["seed"] for r in members})
             ax.plot(its, mean, "-o", color=color, ms=3, label=f"{label}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
             if seeds > 1:
                 ax.fill_between(its, lo, hi, color=color, alpha=0.2, lw=0)
@@ -87,11 +87,13 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
                     "n_seeds": int(n[i])})
                 row[f"{prefix}_mean"], row[f"{prefix}_min"], row[f"{prefix}_max"] = (
                     round(float(mean[i]), 4), round(float(lo[i]), 4), round(float(hi[i]), 4))
-        unit = next(iter(groups.values()))[0].unit
+        units = {r.unit for r in runs}
         ax.set_xlabel("iterations")
         ax.set_ylabel(f"{name} (%)")
-        top = ax.secondary_xaxis("top", functions=(lambda x, u=unit: x / u, lambda x, u=unit: x * u))
-        top.set_xlabel('iterations in units of "1x"')
+        if len(units) == 1:  # runs at different batch sizes have different "1x": no common top axis then
+            unit = units.pop()
+            top = ax.secondary_xaxis("top", functions=(lambda x, u=unit: x / u, lambda x, u=unit: x * u))
+            top.set_xlabel('iterations in units of "1x"')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     shared_txt = ", ".join(f"{k}={v}" for k, v in shared.items())

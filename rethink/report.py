@@ -1,5 +1,6 @@
 """The results table: one row per run with its axes, final and best box/mask AP, AP50/AP75,
-iterations done, GPU-hours, and the paper's number with the delta where one applies."""
+iterations done (completed iterations, detectron2 runs converted, see rethink.runs), GPU-hours (empty for
+detectron2 runs), and the paper's number with the delta where one applies."""
 import csv
 import os
 from typing import Dict, List, Sequence
@@ -18,8 +19,9 @@ def _fmt(v):
 
 def run_row(run: Run) -> Dict[str, object]:
     row: Dict[str, object] = dict(run.axes)
-    row.update(iters_done=run.last_iteration, max_iter=run.max_iter, gpu_hours=round(run.gpu_hours(), 3),
-               run=run.path)
+    gpu_hours = run.gpu_hours()
+    row.update(iters_done=run.last_iteration, max_iter=run.max_iter,
+               gpu_hours=None if gpu_hours is None else round(gpu_hours, 3), run=run.path)
     for task, short in (("bbox", "box"), ("segm", "mask")):
         evals = run.evals(f"{task}/AP")
         if not evals:

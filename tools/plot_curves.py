@@ -6,6 +6,10 @@
 
 Writes <out>.png/.pdf/.csv (curves: box and mask AP vs iterations, mean and min-max over seeds, LR
 drops dotted, the paper's number as a star) and <out>_table.md/.csv (one row per run vs the paper).
+
+A run is any directory with a config.yaml: rethink runs (metrics.jsonl) and detectron2 runs (metrics.json)
+plot side by side, on completed iterations. Configs are read leniently (only the grouping axes, detectron2's
+defaults for what is missing), so runs of older or newer versions plot; what cannot be read is a warning.
 """
 import argparse
 import logging
