@@ -177,7 +177,7 @@ def test_project_keys_have_defaults():
     cfg = get_cfg()
     # REFERENCE_IMS_PER_BATCH 0: no linear scaling, so a detectron2 config runs as written
     assert cfg.SOLVER.SCHEDULE == "" and cfg.SOLVER.SCHEDULE_UNIT == 90000 and cfg.SOLVER.REFERENCE_IMS_PER_BATCH == 0
-    assert cfg.TEST.EVALUATOR == "faster_coco_eval"
+    assert cfg.TEST.EVALUATOR == "hotcoco"
     # ... while this project's configs write LR and iterations for 16 images/batch
     assert load_config(CONFIGS / "Base-MaskRCNN-FPN.yaml").SOLVER.REFERENCE_IMS_PER_BATCH == 16
 

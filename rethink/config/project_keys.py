@@ -23,6 +23,6 @@ def add_project_keys(cfg: CN) -> None:
     cfg.SOLVER.CHECKPOINT_ITERS = ()
 
     # --- evaluation ----------------------------------------------------------------------------------
-    # COCO evaluator backend: "faster_coco_eval" (default, same numbers, much faster), "pycocotools"
-    # (the reference implementation) or "hotcoco".
-    cfg.TEST.EVALUATOR = "faster_coco_eval"
+    # COCO evaluator backend: "hotcoco" (default: Rust, bit-identical to pycocotools, 25-60x faster on 5k
+    # images), "pycocotools" (the reference implementation) or "faster_coco_eval" (C++, equal to ~1e-16).
+    cfg.TEST.EVALUATOR = "hotcoco"

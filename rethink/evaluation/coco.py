@@ -2,10 +2,10 @@
 
 Three interchangeable backends compute the same numbers:
 
-* ``"faster_coco_eval"`` (default): ``faster_coco_eval.COCO`` + ``COCOeval_faster`` (C++ evaluate/accumulate);
+* ``"faster_coco_eval"``: ``faster_coco_eval.COCO`` + ``COCOeval_faster`` (C++ evaluate/accumulate);
   equal to pycocotools to ~1e-16 (a perfect precision is exactly 1 here, ``1 - 2e-16`` in pycocotools);
 * ``"pycocotools"``: the reference ``pycocotools.coco.COCO`` + ``pycocotools.cocoeval.COCOeval``;
-* ``"hotcoco"``: ``hotcoco.COCO`` + ``hotcoco.COCOeval`` (Rust, multi-threaded through rayon: set
+* ``"hotcoco"`` (default): ``hotcoco.COCO`` + ``hotcoco.COCOeval`` (Rust, multi-threaded through rayon: set
   ``RAYON_NUM_THREADS`` to cap it); bit-identical to pycocotools: the same 12 summary statistics and precision
   arrays, hence the same per-category AP (``tests/test_evaluation.py`` checks this with ``==``).
 
@@ -202,7 +202,7 @@ def _import_hotcoco():
     except ImportError as e:
         raise ImportError(
             f"COCO eval backend 'hotcoco' is not installed ({e}); `pip install 'hotcoco>=1.3,<2'` or set "
-            "TEST.EVALUATOR to faster_coco_eval or pycocotools"
+            "TEST.EVALUATOR to hotcoco, faster_coco_eval or pycocotools"
         ) from None
     return hotcoco
 
@@ -231,7 +231,7 @@ def _cocoeval(backend: str, coco_gt, coco_dt, task: str, print_function):
     return COCOeval_faster(coco_gt, coco_dt, task, print_function=print_function)
 
 
-def load_coco_gt(json_file: str | os.PathLike, backend: str = "faster_coco_eval"):
+def load_coco_gt(json_file: str | os.PathLike, backend: str = "hotcoco"):
     """Load a COCO ground-truth json into the ``COCO`` class of ``backend`` (printing goes to the logger)."""
     _check_backend(backend)
     coco_cls = _coco_class(backend)
@@ -305,7 +305,7 @@ def evaluate_coco_results(
     coco_gt,
     results: Sequence[Mapping[str, Any]],
     task: str,
-    backend: str = "faster_coco_eval",
+    backend: str = "hotcoco",
     img_ids: Optional[Sequence[int]] = None,
     per_category: bool = True,
 ) -> TaskResult:
@@ -439,7 +439,7 @@ class COCOEvaluator:
 
     Args:
         json_file: COCO-format ground truth; loaded once per evaluator (lazily, on the evaluating rank only).
-        backend: ``"faster_coco_eval"`` (default), ``"pycocotools"`` or ``"hotcoco"``; all give the same numbers.
+        backend: ``"hotcoco"`` (default), ``"pycocotools"`` or ``"faster_coco_eval"``; all give the same numbers.
         tasks: subset of ``("bbox", "segm")``.
         distributed: when ``torch.distributed`` is initialized, gather predictions to rank 0, which alone evaluates
             and returns results (other ranks return ``{}``). With ``False`` each rank evaluates its own predictions.
@@ -453,7 +453,7 @@ class COCOEvaluator:
     def __init__(
         self,
         json_file: str | os.PathLike,
-        backend: str = "faster_coco_eval",
+        backend: str = "hotcoco",
         tasks: Sequence[str] = TASKS,
         distributed: bool = True,
         output_dir: Optional[str | os.PathLike] = None,
