@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from rethink.slurm import submit_sweep
-from rethink.status import format_states, load_submitted_sweep, run_states, wait
-from rethink.sweep import fork_summary, submissions
+from rethink.cluster.jobs import submit_sweep
+from rethink.cluster.status import format_states, load_submitted_sweep, run_states, wait
+from rethink.cluster.sweep import fork_summary, submissions
 
 
 def main(argv=None):

@@ -17,10 +17,10 @@ import argparse
 import logging
 import sys
 
+from rethink.cluster.jobs import submit_sweep
+from rethink.cluster.status import format_states, wait
+from rethink.cluster.sweep import expand, load_sweep, plan_table
 from rethink.engine.defaults import run_name
-from rethink.slurm import submit_sweep
-from rethink.status import format_states, wait
-from rethink.sweep import expand, load_sweep, plan_table
 
 RESOURCE_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "time", "partition", "account", "qos", "constraint",
                   "mem", "comment", "array_parallelism", "max_num_timeout", "signal_delay_s")

@@ -1,10 +1,13 @@
 """rethink: a distributed detection benchmark reproducing "Rethinking ImageNet Pre-training"
-(He, Girshick, Dollár, ICCV 2019) with torchvision's Mask R-CNN and detectron2-style configs.
+(He, Girshick, Dollár, ICCV 2019) with torchvision's Mask R-CNN and detectron2's configs and semantics.
 
-config/    detectron2 keys + this project's, _BASE_ files, schedules     modeling/  the detector
-data/      COCO datasets, subsets, loaders, synthetic data               engine/    training loop + hooks
-evaluation/ COCO box/mask AP                                             weights.py MODEL.WEIGHTS formats
-slurm.py, sweep.py, fork.py, status.py   submitit jobs, sweeps, schedule forking, run state
-runs.py, curves.py, report.py, paper.py  AP curves and the table against the paper
+Layers, bottom first; a folder imports only from the ones below it (tests/test_layout.py):
+  utils/ config/ structures/      atomic writes, cache, logging, run-directory layout; detectron2's keys
+                                  and ours; instance masks shared by data and model
+  data/ modeling/ evaluation/     COCO datasets, subsets, loaders; Mask R-CNN; COCO AP
+  weights/                        MODEL.WEIGHTS: paths, safe reading, name conversion, loading
+  engine/                         TrainerBase + hooks + writers, the detection trainer, ranks, checkpoints
+  pretrain/ results/              backbone pre-training on the engine; run dirs, AP curves, paper table
+  cluster/                        sweeps, submitit jobs, schedule-fork branches, status
 """
 __version__ = "0.1.0"

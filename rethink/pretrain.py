@@ -59,14 +59,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .atomic import atomic_torch_save, atomic_write_text
 from .config import load_config
 from .engine import comm
 from .engine.checkpoint import unwrap
-from .engine.defaults import setup_logging
 from .engine.launch import launch
 from .modeling.backbone import ResNet
 from .modeling.norm import to_torch_syncbn
+from .utils.atomic import atomic_torch_save, atomic_write_text
+from .utils.logger import setup_logging
+from .weights import sidecar_path, state_path
 
 logger = logging.getLogger(__name__)
 
@@ -136,18 +137,6 @@ def build_argument_parser(description: Optional[str] = None) -> argparse.Argumen
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help=f"detector config overrides, only these keys: {', '.join(OVERRIDABLE)}")
     return p
-
-
-def sidecar_path(output: str) -> str:
-    """The metadata file next to the checkpoint: ``r50_gn.pth`` -> ``r50_gn.json``."""
-    stem, ext = os.path.splitext(output)
-    return (stem if ext == ".pth" else output) + ".json"
-
-
-def state_path(output: str) -> str:
-    """The training-state file next to the checkpoint, for --resume: ``r50_gn.pth`` -> ``r50_gn.state.pth``."""
-    stem, ext = os.path.splitext(output)
-    return (stem if ext == ".pth" else output) + ".state.pth"
 
 
 def backbone_spec(cfg) -> Dict[str, object]:

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from rethink.config import load_config
-from rethink.curves import plot_curves, reference_for
 from rethink.engine.events import read_metrics
-from rethink.report import build_table, write_table
-from rethink.runs import RunSettings, find_runs, settings_from_config
+from rethink.results.curves import plot_curves, reference_for
+from rethink.results.report import build_table, write_table
+from rethink.results.runs import RunSettings, find_runs, settings_from_config
 
 from .conftest import CONFIGS, ROOT
 
@@ -210,7 +210,7 @@ def test_detectron2_iterations_and_lenient_metrics(tmp_path, caplog):
     ])
     with open(d / "metrics.json", "a") as f:
         f.write('{"iteration": 1\n{"iteration": 67500, "bbox/AP": 41.5}\n')  # a broken line mid-file, then a repeat
-    caplog.set_level(logging.WARNING, logger="rethink.runs")
+    caplog.set_level(logging.WARNING, logger="rethink.results.runs")
     [run] = find_runs([str(tmp_path)])
     assert run.source == "detectron2" and run.gpu_hours() is None
     assert run.axes == {"init": "pretrained", "norm": "SyncBN", "depth": 101, "train": "coco_2017_train",
@@ -231,7 +231,7 @@ def test_detectron2_iterations_and_lenient_metrics(tmp_path, caplog):
 
 
 def test_lenient_config_defaults_base_and_unreadable(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="rethink.runs")
+    caplog.set_level(logging.WARNING, logger="rethink.results.runs")
     # an empty config: every axis is detectron2's default
     assert settings_from_config({}) == RunSettings(
         init="scratch", norm="FrozenBN", depth=50, train="none", freeze_at=2, seed=-1, max_iter=40000,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from rethink.config import get_cfg
 from rethink.data.coco import CocoDataset, load_coco_index, rle_string_to_counts
-from rethink.data.common import DatasetError
+from rethink.data.errors import DatasetError
 from rethink.data.synthetic import compressed_rle, uncompressed_rle
 from rethink.data.transforms import DatasetMapper
 

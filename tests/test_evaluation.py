@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from rethink.engine import comm
 from rethink.evaluation import (
     AP_METRICS,
     BACKENDS,
@@ -460,7 +461,8 @@ def _distributed_worker(rank, world_size, init_file, gt_json, out_file):
         mine = ids[rank::world_size]
         if rank == 1:
             mine = mine + [ids[0]]  # a padding duplicate, as a DistributedSampler would add
-        ev = COCOEvaluator(gt_json, backend="faster_coco_eval")
+        ev = COCOEvaluator(gt_json, backend="faster_coco_eval", gather=comm.gather_to_main,
+                           is_main=comm.is_main_process())
         ev.reset()
         for i in mine:
             ev.process([i], [outputs[i]])

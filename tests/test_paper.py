@@ -1,4 +1,4 @@
-from rethink.paper import PAPER, lookup
+from rethink.results.paper import PAPER, lookup
 
 
 def test_lookup_prefers_table2_at_6x():

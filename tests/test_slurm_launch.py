@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
+from rethink.cluster.jobs import submit_sweep
+from rethink.cluster.status import format_states, wait
+from rethink.cluster.sweep import expand
 from rethink.engine import read_metrics
-from rethink.slurm import submit_sweep
-from rethink.status import format_states, wait
-from rethink.sweep import expand
 
 from .conftest import CONFIGS, ROOT
 from .slurm import slurm_cluster  # noqa: F401

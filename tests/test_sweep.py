@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
+from rethink.cluster.branches import prepare_branch
+from rethink.cluster.sweep import SweepError, expand, load_sweep, plan_table
 from rethink.engine import load_run_config, main_worker, read_metrics
-from rethink.fork import prepare_branch
-from rethink.sweep import SweepError, expand, load_sweep, plan_table
 
 from .conftest import CONFIGS, ROOT
 

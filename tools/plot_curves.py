@@ -15,9 +15,9 @@ import argparse
 import logging
 import os
 
-from rethink.curves import plot_curves
-from rethink.report import build_table, write_table
-from rethink.runs import find_runs
+from rethink.results.curves import plot_curves
+from rethink.results.report import build_table, write_table
+from rethink.results.runs import find_runs
 
 
 def main():

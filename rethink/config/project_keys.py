@@ -19,7 +19,7 @@ def add_project_keys(cfg: CN) -> None:
     # configs set 16 (configs/Base-MaskRCNN-FPN.yaml), the batch of the paper's schedules.
     cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 0
     # Extra iterations (counted as completed iterations) at which to write model_XXXXXXX.pth besides
-    # every CHECKPOINT_PERIOD: the fork points of shorter schedules branching off this run (rethink.fork).
+    # every CHECKPOINT_PERIOD: the fork points of shorter schedules branching off this run (rethink.cluster.branches).
     cfg.SOLVER.CHECKPOINT_ITERS = ()
 
     # --- evaluation ----------------------------------------------------------------------------------

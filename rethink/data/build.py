@@ -14,17 +14,16 @@ iteration, rank, world_size) -- not on SOLVER.MAX_ITER nor DATALOADER.NUM_WORKER
 ``start_iter=k`` resumes exactly. The seed is cfg.SEED, or 0 when cfg.SEED < 0 (detectron2's
 "random" default would make runs unrepeatable). The state to checkpoint is just the iteration.
 """
-import hashlib
 import logging
-from typing import Optional, Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils.logger import log_once
 from .catalog import get_dataset_spec
 from .coco import CocoDataset, check_same_categories
-from .common import log_once
 from .samplers import BatchStream, sample_generator
 from .transforms import DatasetMapper
 
@@ -42,15 +41,6 @@ def get_dataset(name: str, verify_images: bool = False) -> CocoDataset:
     """The named dataset (catalog lookup + columnar annotation cache)."""
     spec = get_dataset_spec(name)
     return CocoDataset(name, spec.json_file, spec.image_root, verify_images=verify_images)
-
-
-def get_dataset_metadata(name: str) -> Dict[str, object]:
-    """What an evaluator needs: json_file, image_root, categories, label_to_cat_id (label i (1..K) ->
-    sorted(cat_ids)[i-1]), num_images."""
-    ds = get_dataset(name)
-    return {"name": name, "json_file": ds.json_file, "image_root": ds.image_root,
-            "categories": ds.index.categories, "label_to_cat_id": dict(ds.label_to_cat_id),
-            "num_images": len(ds)}
 
 
 class TrainingSet:
@@ -79,12 +69,6 @@ class TrainingSet:
         self.ds_of, self.rows, self.group_ids = np.concatenate(ds_of), np.concatenate(rows), np.concatenate(groups)
         if len(self.rows) == 0:
             raise ValueError(f"the training datasets {list(names)} have no image with a usable non-crowd instance")
-        h = hashlib.sha256()
-        for ds in self.datasets:
-            h.update(ds.index.sha256.encode())
-        h.update(self.ds_of.tobytes())
-        h.update(self.rows.tobytes())
-        self.fingerprint = h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -156,14 +140,6 @@ class TrainLoader:
         self.mapper = DatasetMapper(cfg, is_train=True)
         self.iteration = int(start_iter)
         self.label_to_cat_id = self.train_set.label_to_cat_id
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the training image list (for checking a resume uses the same data)."""
-        return self.train_set.fingerprint
-
-    def state_dict(self) -> Dict[str, object]:
-        return {"iteration": self.iteration, "seed": self.seed, "fingerprint": self.fingerprint}
 
     def _dataloader(self, start: int) -> DataLoader:
         kw = dict(num_workers=self.num_workers, collate_fn=trivial_collate, worker_init_fn=_worker_init)

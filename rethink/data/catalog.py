@@ -19,7 +19,9 @@ import os
 import re
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .common import DatasetError, DatasetNotFoundError
+from .errors import DatasetError, DatasetNotFoundError
+from .subsets import Selection, ensure_subset
+from .synthetic import ensure_builtin_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +115,11 @@ def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
     if name in BUILTIN_COCO:
         return _builtin_spec(name)
     if name in SYNTHETIC_NAMES:
-        from .synthetic import ensure_builtin_synthetic
-
         paths = ensure_builtin_synthetic(create=create)
         split = name.rsplit("_", 1)[1]
         return DatasetSpec(paths[split], paths["image_root_" + split], name, "synthetic")
     m = SUBSET_RE.match(name)
     if m and (m.group("base") in _REGISTERED or m.group("base") in BUILTIN_COCO or m.group("base") in SYNTHETIC_NAMES):
-        from .subsets import Selection, ensure_subset
-
         parent = get_dataset_spec(m.group("base"), create=create)
         sel = Selection.parse(m.group("sel"))
         json_file, manifest = ensure_subset(parent.json_file, parent.name, sel, int(m.group("seed")), create=create)

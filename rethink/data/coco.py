@@ -53,7 +53,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .common import DatasetError, cache_root, file_lock, file_sha256, log_once
+from ..utils.cache import cache_root, file_lock, file_sha256
+from ..utils.logger import log_once
+from .errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -553,10 +555,6 @@ class CocoDataset:
 
     def image_path(self, i: int) -> str:
         return os.path.join(self.image_root, self.index.file_name(i))
-
-    def missing_image_error(self, i: int) -> DatasetError:
-        return DatasetError(f"{self.image_path(i)}: image file not found (image id {self.index.image_id(i)} of "
-                            f"dataset {self.name}, annotations {self.json_file}, image root {self.image_root})")
 
     def verify_images(self, max_listed: int = 10) -> None:
         """Check that every image file exists; error listing the first missing ones with their ids."""

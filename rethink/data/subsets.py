@@ -37,8 +37,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .common import (DatasetError, DatasetNotFoundError, atomic_write_bytes, cache_root, canonical_json_bytes,
-                     file_lock, file_sha256, remember_sha256)
+from ..utils.atomic import atomic_write_bytes
+from ..utils.cache import cache_root, canonical_json_bytes, file_lock, file_sha256, remember_sha256
+from .coco import CocoIndex, build_coco_index, read_coco_json
+from .errors import DatasetError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +134,6 @@ def choose_image_ids(eligible_ids: np.ndarray, sel: Selection, seed: int) -> np.
 def _load_source(source_json: str):
     """Parse the source once, build/open its annotation cache from the same parse; return
     (data, sha256, eligible image ids)."""
-    from .coco import CocoIndex, build_coco_index, read_coco_json
-
     data, raw = read_coco_json(source_json)
     sha = hashlib.sha256(raw).hexdigest()
     del raw

@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import cache_root, canonical_json_bytes, file_lock
+from ..utils.cache import cache_root, canonical_json_bytes, file_lock
+from .errors import DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -207,26 +208,9 @@ def make_synthetic_coco(out_dir: str, num_images: int = 64, seed: int = 0, num_v
             "image_root_val": os.path.join(out_dir, "val")}
 
 
-def register_synthetic_coco(name: str, out_dir: str, num_images: int = 64, seed: int = 0, **kwargs) -> Dict[str, str]:
-    """make_synthetic_coco (if its files are not there yet) and register ``<name>_train``/``<name>_val``."""
-    from .catalog import register_coco_instances
-
-    paths = {"train": os.path.join(out_dir, "annotations", "instances_train.json"),
-             "val": os.path.join(out_dir, "annotations", "instances_val.json"),
-             "image_root_train": os.path.join(os.path.abspath(out_dir), "train"),
-             "image_root_val": os.path.join(os.path.abspath(out_dir), "val")}
-    if not (os.path.isfile(paths["train"]) and os.path.isfile(paths["val"])):
-        paths = make_synthetic_coco(out_dir, num_images, seed, **kwargs)
-    register_coco_instances(f"{name}_train", paths["train"], paths["image_root_train"])
-    register_coco_instances(f"{name}_val", paths["val"], paths["image_root_val"])
-    return paths
-
-
 def ensure_builtin_synthetic(create: bool = True) -> Dict[str, str]:
     """The files behind ``synthetic_coco_train``/``synthetic_coco_val`` (96 + 24 images, seed 0) in
     ``$RETHINK_CACHE/synthetic/``; made once, by one process, published by rename."""
-    from .common import DatasetNotFoundError
-
     d = os.path.join(cache_root(), "synthetic", f"coco_v{SYNTHETIC_VERSION}_n{BUILTIN_NUM_IMAGES}_s{BUILTIN_SEED}")
     done = os.path.join(d, "DONE")
     if not os.path.isfile(done):

@@ -37,7 +37,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..structures.masks import InstanceMasks, encode_bitmask
-from .common import DatasetError
+from .errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_torch_save, atomic_write_text
+from ..utils.atomic import atomic_torch_save, atomic_write_text
+from ..weights import load_weights
 
 logger = logging.getLogger(__name__)
 LAST = "last_checkpoint"
@@ -97,7 +98,5 @@ class Checkpointer:
                 return int(self.load_checkpoint(last).get("iteration", 0))
             logger.info("No checkpoint in %s: starting from MODEL.WEIGHTS", self.output_dir)
         if weights:
-            from ..weights import load_weights
-
             load_weights(unwrap(self.model), weights)
         return 0

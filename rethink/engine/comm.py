@@ -1,6 +1,12 @@
-"""Process-group helpers (rank, world size, gathers) that also work without torch.distributed."""
+"""Process-group helpers (rank, world size, broadcast, reductions, gathers) that also work without
+torch.distributed. Python objects are gathered over a gloo group, made once at start-up when the
+default group is NCCL (:func:`init_cpu_group`), so pickles never stage through GPU memory."""
+from typing import Any, List, Optional
+
 import torch
 import torch.distributed as dist
+
+_CPU_GROUP = (None, None)  # (default group it was made for, gloo group)
 
 
 def is_dist() -> bool:
@@ -41,3 +47,24 @@ def reduce_mean(values: dict) -> dict:
         dist.all_reduce(stacked)
         stacked /= get_world_size()
     return dict(zip(keys, stacked.tolist()))
+
+
+def init_cpu_group():
+    """The group for gathering Python objects: the default one when it is gloo, otherwise a gloo group
+    made once (a collective: call it on every rank, at start-up)."""
+    global _CPU_GROUP
+    if not is_dist() or dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD
+    if _CPU_GROUP[0] is not world:
+        _CPU_GROUP = (world, dist.new_group(backend="gloo"))
+    return _CPU_GROUP[1]
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """A picklable object from every rank to rank 0: the list (rank order) on rank 0, None elsewhere."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size() if is_main_process() else None
+    dist.gather_object(obj, out, dst=0, group=init_cpu_group())
+    return out

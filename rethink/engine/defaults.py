@@ -6,14 +6,16 @@ import json
 import logging
 import os
 import re
-import sys
 
 import numpy as np
 import torch
 
 from ..config import load_config
+from ..data import get_dataset_spec
+from ..modeling import build_model
+from ..utils.atomic import atomic_write_text
+from ..utils.logger import setup_logging
 from . import comm
-from ..atomic import atomic_write_text
 from .checkpoint import Checkpointer
 from .launch import launch
 from .trainer import Trainer, evaluate, flatten_results
@@ -68,32 +70,11 @@ def load_run_config(config_path: str, overrides, resume: bool = False):
 def check_run(cfg, eval_only: bool = False) -> None:
     """Fail fast, before any rank starts: missing dataset files (named), then a CUDA device that
     is not there."""
-    from ..data import get_dataset_spec
-
     for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
         get_dataset_spec(name)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
                            "add `MODEL.DEVICE cpu` to run on the CPU")
-
-
-def setup_logging(output_dir: str = None, rank: int = 0) -> None:
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_rethink", False):
-            root.removeHandler(h)
-    fmt = logging.Formatter("[%(asctime)s %(name)s%(rank)s] %(message)s".replace("%(rank)s", f" r{rank}" if rank else ""),
-                            datefmt="%m/%d %H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt" if rank == 0 else f"log.txt.rank{rank}")))
-    for h in handlers:
-        h.setFormatter(fmt)
-        h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-        h._rethink = True
-        root.addHandler(h)
-    root.setLevel(logging.INFO)
 
 
 def setup_torch_backends(cfg, eval_only: bool = False) -> None:
@@ -129,8 +110,6 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
         logger.info("Run %s: world size %d, device %s, seed %d", cfg.OUTPUT_DIR, comm.get_world_size(),
                     cfg.MODEL.DEVICE, cfg.SEED)
     if eval_only:
-        from ..modeling import build_model
-
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
         Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume)

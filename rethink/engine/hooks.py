@@ -6,7 +6,7 @@ import time
 import torch
 
 from . import comm
-from .events import JSONWriter, TensorboardWriter, format_eta
+from .events import METRICS_FILE, JSONWriter, TensorboardWriter, format_eta, read_metrics
 from .solver import lr_at, set_lr
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,6 @@ class EvalHook(HookBase):
             return
         import os
 
-        from .events import METRICS_FILE, read_metrics
-
         path = os.path.join(t.cfg.OUTPUT_DIR, METRICS_FILE)
         logged = comm.broadcast(any(m["iteration"] == done and any(k.endswith("/AP") for k in m)
                                     for m in (read_metrics(path) if comm.is_main_process() and os.path.isfile(path)
@@ -100,8 +98,6 @@ class EvalHook(HookBase):
         if not logged:
             self._do_eval()
             if comm.is_main_process():
-                from .events import JSONWriter
-
                 JSONWriter(path).write(done, t.storage.scalars_at(done))
 
     def _do_eval(self):
@@ -152,8 +148,6 @@ class MetricsWriter(HookBase):
 
     def __init__(self, output_dir: str, period: int = 20, tensorboard: bool = True):
         import os
-
-        from .events import METRICS_FILE
 
         self.period = period
         self.json = JSONWriter(os.path.join(output_dir, METRICS_FILE))

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from . import comm
+
 logger = logging.getLogger(__name__)
 TIMEOUT = timedelta(minutes=30)
 
@@ -31,6 +33,7 @@ def init_process_group(backend: str, rank: int, world_size: int, local_rank: int
         torch.cuda.set_device(local_rank if torch.cuda.device_count() > 1 else 0)
     os.environ["LOCAL_RANK"] = str(local_rank)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=TIMEOUT)
+    comm.init_cpu_group()  # the gloo group that gathers evaluation results, made now rather than an hour in
     dist.barrier()
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data import build_test_loader, build_train_loader, get_dataset_spec
+from ..evaluation import COCOEvaluator
 from ..modeling import build_model
 from ..modeling.norm import to_torch_syncbn
 from . import comm
@@ -97,8 +99,6 @@ class Trainer:
     def _precise_bn_loader(self, iteration: int):
         """Training batches for PreciseBN, from a stream of their own (seed offset by the iteration)
         so the main data order is untouched; yields what the wrapped model takes."""
-        from ..data import build_train_loader
-
         loader = build_train_loader(self.cfg, self.rank, self.world_size, start_iter=0,
                                     seed=self.cfg.SEED + 1_000_003 * (iteration + 1))
         for batch in loader:
@@ -106,8 +106,6 @@ class Trainer:
             yield _LossInputs(list(images), list(targets))
 
     def train(self) -> None:
-        from ..data import build_train_loader
-
         if not self.hooks:
             self.register_hooks(self.build_hooks())
         logger.info("Training iterations %d..%d", self.start_iter, self.max_iter)
@@ -203,14 +201,12 @@ def inference_on_dataset(model, loader, evaluator, device) -> dict:
 
 def evaluate(cfg, model, device) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{dataset: {"bbox": {...}, "segm": {...}}} on rank 0 ({} elsewhere)."""
-    from ..data import build_test_loader, get_dataset_spec
-    from ..evaluation import COCOEvaluator
-
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     results = {}
     for name in cfg.DATASETS.TEST:
         loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())
-        evaluator = COCOEvaluator(get_dataset_spec(name).json_file, backend=cfg.TEST.EVALUATOR, tasks=tasks)
+        evaluator = COCOEvaluator(get_dataset_spec(name).json_file, backend=cfg.TEST.EVALUATOR, tasks=tasks,
+                                  gather=comm.gather_to_main, is_main=comm.is_main_process())
         results[name] = inference_on_dataset(model, loader, evaluator, device)
     return results if comm.is_main_process() else {}
 

@@ -35,13 +35,13 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
-from ..atomic import atomic_write
+from ..utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -389,41 +389,6 @@ def format_metrics_table(metrics: Mapping[str, Optional[float]], keys: Sequence[
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# distributed helpers
-# --------------------------------------------------------------------------------------------------------------------
-_GLOO_GROUP: Tuple[Any, Any] = (None, None)  # (default group it was made for, gloo group)
-
-
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _cpu_group():
-    """The group to gather python objects over: the default one when it is gloo, otherwise a cached gloo group
-    (gathering pickles over NCCL would stage them in GPU memory and needs the right current device)."""
-    global _GLOO_GROUP
-    dist = torch.distributed
-    world = dist.group.WORLD
-    if dist.get_backend() == "gloo":
-        return None
-    if _GLOO_GROUP[0] is not world:
-        _GLOO_GROUP = (world, dist.new_group(backend="gloo"))
-    return _GLOO_GROUP[1]
-
-
-def gather_to_main(obj: Any) -> Optional[List[Any]]:
-    """Gather a picklable object from every rank to rank 0: the list (rank order) on rank 0, ``None`` elsewhere."""
-    if not _dist_ready() or torch.distributed.get_world_size() == 1:
-        return [obj]
-    dist = torch.distributed
-    group = _cpu_group()
-    rank = dist.get_rank()
-    out = [None] * dist.get_world_size() if rank == 0 else None
-    dist.gather_object(obj, out, dst=0, group=group)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # evaluator
 # --------------------------------------------------------------------------------------------------------------------
 class COCOEvaluator:
@@ -441,8 +406,11 @@ class COCOEvaluator:
         json_file: COCO-format ground truth; loaded once per evaluator (lazily, on the evaluating rank only).
         backend: ``"hotcoco"`` (default), ``"pycocotools"`` or ``"faster_coco_eval"``; all give the same numbers.
         tasks: subset of ``("bbox", "segm")``.
-        distributed: when ``torch.distributed`` is initialized, gather predictions to rank 0, which alone evaluates
-            and returns results (other ranks return ``{}``). With ``False`` each rank evaluates its own predictions.
+        gather: for a distributed evaluation, a function that collects a picklable object from every rank to the
+            evaluating rank, returning the list there and ``None`` elsewhere (:func:`rethink.engine.comm.gather_to_main`);
+            that rank alone evaluates and returns results (the others return ``{}``). ``None``: evaluate the predictions
+            of this process.
+        is_main: False on ranks that only send their predictions (they never load the ground truth).
         output_dir: if set, the evaluating rank saves ``coco_instances_results.json`` there.
         img_ids: images to evaluate; default every image of the dataset (as detectron2), so images that were not
             processed count as having no detections. Can also be given to :meth:`evaluate`.
@@ -455,7 +423,8 @@ class COCOEvaluator:
         json_file: str | os.PathLike,
         backend: str = "hotcoco",
         tasks: Sequence[str] = TASKS,
-        distributed: bool = True,
+        gather: Optional[Callable[[Any], Optional[List[Any]]]] = None,
+        is_main: bool = True,
         output_dir: Optional[str | os.PathLike] = None,
         img_ids: Optional[Sequence[int]] = None,
         contiguous_to_cat: Optional[Mapping[int, int]] = None,
@@ -468,7 +437,7 @@ class COCOEvaluator:
         if bad or not tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
         self.tasks = tasks
-        self.distributed = distributed
+        self.gather, self.is_main = gather, is_main
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.img_ids = None if img_ids is None else [int(i) for i in img_ids]
         self.per_category = per_category
@@ -502,8 +471,8 @@ class COCOEvaluator:
         return self._contiguous_to_cat
 
     def _is_worker(self) -> bool:
-        """True on ranks that only send their predictions to rank 0."""
-        return self.distributed and _dist_ready() and torch.distributed.get_rank() != 0
+        """True on ranks that only send their predictions to the evaluating rank."""
+        return self.gather is not None and not self.is_main
 
     # -- accumulation --------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -527,8 +496,8 @@ class COCOEvaluator:
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def _gathered_predictions(self) -> Optional[List[dict]]:
-        if self.distributed and _dist_ready():
-            per_rank = gather_to_main(self._predictions)
+        if self.gather is not None:
+            per_rank = self.gather(self._predictions)
             if per_rank is None:
                 return None
             predictions = [p for rank_preds in per_rank for p in rank_preds]

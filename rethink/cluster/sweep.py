@@ -30,14 +30,15 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .config import load_config
-from .slurm import Resources
+from ..config import load_config
+from .branches import plan_forks
+from .resources import Resources
 
 NAMED_AXES = {"init": None, "norm": None, "depth": None, "schedule": "SOLVER.SCHEDULE", "subset": "DATASETS.TRAIN",
               "freeze_at": "MODEL.BACKBONE.FREEZE_AT", "seed": "SEED"}
 SWEEP_KEYS = {"name", "root", "config", "axes", "exclude", "overrides", "resources", "train_dataset", "subset_seed",
               "fork_schedules", "single"}
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Rough seconds per iteration of R-FPN Mask R-CNN at 16 images/batch on 8 V100s, for GPU-hour estimates.
 SEC_PER_ITER = {18: 0.25, 34: 0.30, 50: 0.40, 101: 0.55, 152: 0.70}
 
@@ -167,9 +168,10 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
                             cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.RESNETS.DEPTH, tuple(cfg.SOLVER.STEPS),
                             cfg.SOLVER.WARMUP_ITERS, cfg.SEED))
     if spec.get("fork_schedules"):
-        from .fork import plan_forks
-
-        plan_forks(runs)
+        try:
+            plan_forks(runs)
+        except ValueError as e:
+            raise SweepError(f"{source}: {e}") from None
     return Sweep(name, root, runs, resources, spec)
 
 

@@ -10,8 +10,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .engine.events import METRICS_FILE, read_metrics
-from .fork import MARKER
+from ..engine.events import METRICS_FILE, read_metrics
+from .branches import MARKER
 from .sweep import Sweep, expand, submissions
 
 logger = logging.getLogger(__name__)

@@ -9,87 +9,21 @@ run's OUTPUT_DIR, so a requeued run continues where it stopped (metrics readers 
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import zlib
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import submitit
 
+from ..config import load_config
+from ..engine import launch, load_run_config, main_worker
+from ..utils.logger import setup_logging
+from .branches import BranchSubmitter, prepare_branch
+from .resources import Resources, make_executor
+from .sweep import record_submission
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Resources:
-    """What a run asks the cluster for; every cluster-specific value comes from flags or the sweep
-    file, never from code."""
-
-    nodes: int = 1
-    gpus_per_node: int = 8  # ranks per node; GPUs are requested only for MODEL.DEVICE cuda
-    cpus_per_task: int = 10
-    time: str = "72:00:00"  # [D-]HH:MM:SS or minutes
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    mem: Optional[str] = None  # e.g. "400G" per node
-    comment: Optional[str] = None
-    array_parallelism: int = 16  # runs of a sweep running at once
-    max_num_timeout: int = 20  # requeues after timeouts (preemptions do not count)
-    signal_delay_s: int = 120  # seconds between the USR2 signal and the kill
-    sbatch: Dict[str, object] = field(default_factory=dict)  # any other #SBATCH option, e.g. {"exclusive": True}
-    sec_per_iter: Optional[float] = None  # for GPU-hour estimates (8 GPUs, 16 images/batch)
-
-    @classmethod
-    def from_dict(cls, d: Optional[dict]) -> "Resources":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown resource option(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
-
-    def updated(self, **kw) -> "Resources":
-        return Resources(**{**self.__dict__, **{k: v for k, v in kw.items() if v is not None}})
-
-
-def parse_time(text) -> int:
-    """'72:00:00' / '1-12:00:00' / '90' (minutes) -> minutes."""
-    text = str(text).strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?", text)
-    if not m:
-        raise ValueError(f"bad time {text!r}: use [D-]HH:MM[:SS] or minutes")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
-    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
-
-
-def make_executor(folder: str, cluster: str, res: Resources, cuda: bool, job_name: str = "rethink"):
-    """A submitit executor for `cluster` ("slurm", "local" or "debug")."""
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise RuntimeError("--cluster slurm: `sbatch` is not on PATH (no SLURM client here); "
-                           "use --cluster local to run on this machine")
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=res.max_num_timeout)
-    params = dict(name=job_name, nodes=res.nodes, tasks_per_node=res.gpus_per_node, timeout_min=parse_time(res.time))
-    if cuda:
-        params["gpus_per_node"] = res.gpus_per_node
-    if cluster == "slurm":
-        params.update(cpus_per_task=res.cpus_per_task, slurm_signal_delay_s=res.signal_delay_s,
-                      slurm_array_parallelism=res.array_parallelism)
-        for key in ("partition", "account", "qos", "constraint", "mem", "comment"):
-            if getattr(res, key):
-                params[f"slurm_{key}"] = getattr(res, key)
-        if res.sbatch:
-            params["slurm_additional_parameters"] = dict(res.sbatch)
-    elif cluster == "local":
-        if res.nodes != 1:
-            raise ValueError("--cluster local runs on one node; set nodes to 1")
-        # local jobs run side by side: give each task its share of cores, as SLURM would
-        params["local_setup"] = [f"export OMP_NUM_THREADS={res.cpus_per_task}"]
-    executor.update_parameters(**params)
-    return executor
 
 
 def master_address(hostname: str) -> str:
@@ -137,15 +71,10 @@ class TrainJob:
         return self.overrides + ["OUTPUT_DIR", self.output_dir]
 
     def __call__(self):
-        from .engine import launch, load_run_config, main_worker
-        from .engine.defaults import setup_logging
-
         values = set_dist_env_from_submitit()
         setup_logging(None, values["RANK"])
         cfg = load_run_config(self.config, self.run_overrides(), resume=True)
         if self.fork_from:
-            from .fork import prepare_branch
-
             prepare_branch(cfg, self.fork_from, rank=values["RANK"])
         return launch(main_worker, device=cfg.MODEL.DEVICE, args=(cfg, True, False))
 
@@ -160,9 +89,6 @@ def submit_sweep(sweep, cluster: str = "slurm", only: Optional[List[str]] = None
     """Submit the runs of `sweep` as one job array; returns {run name: job id} and records it in the
     sweep dir. Schedule-fork branches are submitted by their trunk, unless named in `only` (e.g.
     resubmitting failed runs), which submits just those runs."""
-    from .config import load_config
-    from .sweep import record_submission
-
     runs = [r for r in sweep.runs if r.name in only] if only is not None else [r for r in sweep.runs if not r.fork_from]
     if not runs:
         return {}
@@ -217,8 +143,6 @@ class TrunkJob(TrainJob):
         return job.job_id
 
     def __call__(self):
-        from .fork import BranchSubmitter
-
         watcher = BranchSubmitter(self.branches, self.submit_branch).start() \
             if submitit.JobEnvironment().global_rank == 0 else None
         try:

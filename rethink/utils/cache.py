@@ -1,5 +1,5 @@
-"""Shared helpers of the data package: the error type, where caches live, content hashes memoised by
-file stat, atomic writes and an inter-process lock.
+"""The shared cache folder: where it is, content hashes memoised by file stat, canonical JSON bytes
+for manifests, and an inter-process lock for building an entry once.
 
 Environment:
     RETHINK_CACHE   cache folder (default ``~/.cache/rethink``): columnar annotation caches, subsets,
@@ -14,19 +14,11 @@ import logging
 import os
 from typing import Iterator, Optional
 
-from ..atomic import atomic_write_bytes  # noqa: F401  (used here and by subsets)
+from .atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 _CACHE_ENV = "RETHINK_CACHE"
-
-
-class DatasetError(ValueError):
-    """Bad or missing data. The message names the file and the id (image / annotation / category)."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """A named dataset's files are not where the catalog looked; the message lists them and how to fix it."""
 
 
 def cache_root() -> str:
@@ -102,14 +94,3 @@ def file_lock(path: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-_logged_once = set()
-
-
-def log_once(log: logging.Logger, key, level: int, msg: str, *args) -> None:
-    """Log a message once per process for `key` (e.g. one summary per dataset)."""
-    if key in _logged_once:
-        return
-    _logged_once.add(key)
-    log.log(level, msg, *args)

@@ -17,7 +17,8 @@ import threading
 import time
 from typing import Dict, List
 
-from .atomic import atomic_copy, atomic_write_text
+from ..engine.events import METRICS_FILE, read_metrics
+from ..utils.atomic import atomic_copy, atomic_write_text
 
 logger = logging.getLogger(__name__)
 MARKER = "fork.json"
@@ -39,9 +40,7 @@ def plan_forks(runs) -> None:
             continue
         unseeded = [r.name for r in members if r.seed < 0]
         if unseeded:
-            from .sweep import SweepError
-
-            raise SweepError(f"fork_schedules needs an explicit SEED (a 'seed' axis or a SEED override): "
+            raise ValueError(f"fork_schedules needs an explicit SEED (a 'seed' axis or a SEED override): "
                              f"{', '.join(unseeded)} would each draw their own")
         trunk = max(members, key=lambda r: r.max_iter)
         for b in members:
@@ -80,7 +79,6 @@ def prepare_branch(cfg, fork_from: dict, rank: int = 0, timeout_s: float = 600.0
         raise FileNotFoundError(f"branch {out}: the trunk's fork checkpoint {src} does not exist")
     os.makedirs(out, exist_ok=True)
     atomic_copy(src, os.path.join(out, f"model_{k:07d}.pth"))
-    from .engine.events import METRICS_FILE, read_metrics
 
     trunk_metrics = os.path.join(fork_from["trunk_dir"], METRICS_FILE)
     lines = [m for m in read_metrics(trunk_metrics) if m["iteration"] <= k] if os.path.isfile(trunk_metrics) else []

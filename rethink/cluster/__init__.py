@@ -1,0 +1,1 @@
+"""Cluster layer: sweep specs, submitit jobs (SLURM or local), schedule-fork branches, run status."""

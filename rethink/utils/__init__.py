@@ -1,0 +1,1 @@
+"""Lowest layer: atomic writes, the cache folder, logging set-up and the run-directory layout."""
