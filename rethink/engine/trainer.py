@@ -21,12 +21,11 @@ from ..modeling import build_model
 from ..modeling.norm import to_torch_syncbn
 from . import comm
 from .checkpoint import Checkpointer, unwrap
-from .events import EventStorage
 from .hooks import EvalHook, IterationTimer, LRScheduler, MetricsWriter, PeriodicCheckpointer, PreciseBN
 from .solver import build_optimizer, clip_gradients
+from .train_loop import LOG_PERIOD, TrainerBase
 
 logger = logging.getLogger(__name__)
-LOG_PERIOD = 20
 
 
 def seed_step(seed: int, iteration: int, rank: int) -> None:
@@ -42,11 +41,12 @@ def to_device(sample: dict, device) -> tuple:
     return sample["image"].to(device, non_blocking=True), target
 
 
-class Trainer:
-    """Builds model, optimizer, data and hooks from a resolved config and trains from `start_iter`
-    to SOLVER.MAX_ITER. `resume_or_load(resume)` picks the start; `train()` runs."""
+class Trainer(TrainerBase):
+    """The detection trainer: model, optimizer, data and hooks from a resolved config; trains from
+    `start_iter` to SOLVER.MAX_ITER. `resume_or_load(resume)` picks the start; `train()` runs."""
 
     def __init__(self, cfg):
+        super().__init__()
         self.cfg = cfg
         self.device = torch.device(cfg.MODEL.DEVICE)
         if self.device.type == "cuda" and self.device.index is None:
@@ -67,13 +67,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, self.optimizer, save_to_disk=comm.is_main_process(),
                                          scaler=self.scaler)
-        self.start_iter = self.iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
-        self.hooks = []
-
-    @property
-    def completed(self) -> int:
-        return self.iter + 1
 
     def resume_or_load(self, resume: bool = True) -> int:
         self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume)
@@ -91,11 +85,6 @@ class Trainer:
             hooks.append(MetricsWriter(cfg.OUTPUT_DIR, LOG_PERIOD))
         return hooks
 
-    def register_hooks(self, hooks) -> None:
-        for h in hooks:
-            h.trainer = self
-        self.hooks.extend(hooks)
-
     def _precise_bn_loader(self, iteration: int):
         """Training batches for PreciseBN, from a stream of their own (seed offset by the iteration)
         so the main data order is untouched; yields what the wrapped model takes."""
@@ -108,23 +97,8 @@ class Trainer:
     def train(self) -> None:
         if not self.hooks:
             self.register_hooks(self.build_hooks())
-        logger.info("Training iterations %d..%d", self.start_iter, self.max_iter)
         self.data_iter = iter(build_train_loader(self.cfg, self.rank, self.world_size, start_iter=self.start_iter))
-        self.storage = EventStorage(self.start_iter, window=LOG_PERIOD)
-        self.iter = self.start_iter - 1  # `completed` == start_iter before the first step
-        for h in self.hooks:
-            h.before_train()
-        try:
-            for self.iter in range(self.start_iter, self.max_iter):
-                self.storage.iter = self.iter + 1
-                for h in self.hooks:
-                    h.before_step()
-                self.run_step()
-                for h in self.hooks:
-                    h.after_step()
-        finally:
-            for h in self.hooks:
-                h.after_train()
+        super().train(self.start_iter, self.max_iter)
 
     def run_step(self) -> None:
         t0 = time.perf_counter()
