@@ -25,8 +25,7 @@ import time
 import numpy as np
 import pycocotools.mask as mask_util
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rethink.evaluation import BACKENDS, REFERENCE_BACKEND, evaluate_coco_results, load_coco_gt  # noqa: E402
+from rethink.evaluation import BACKENDS, REFERENCE_BACKEND, evaluate_coco_results, load_coco_gt
 
 logger = logging.getLogger("bench_coco_eval")
 CAT_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # COCO's 80 category ids

@@ -64,7 +64,6 @@ def worker(kind: str, json_file: str, result_file: str):
     elif kind == "ours":
         import numpy as np
 
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from rethink.data.coco import load_coco_index
         from rethink.data.samplers import BatchStream
 
@@ -80,13 +79,11 @@ def worker(kind: str, json_file: str, result_file: str):
         extra = {"images": idx.num_images, "annotations": idx.num_annotations, "probe_anns": n,
                  "first_batch": [int(v) for v in rows[first][:4]]}
     elif kind == "build":
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from rethink.data.coco import build_coco_index
 
         build_coco_index(json_file)
         extra = {}
     elif kind == "subset":
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from rethink.data.subsets import Selection, make_subsets
 
         out_dir = os.path.join(os.path.dirname(result_file), "subsets")

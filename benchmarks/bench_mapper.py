@@ -41,12 +41,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from rethink.config import get_cfg  # noqa: E402
-from rethink.data.coco import CocoDataset  # noqa: E402
-from rethink.data.synthetic import compressed_rle, uncompressed_rle  # noqa: E402
-from rethink.data.transforms import DatasetMapper  # noqa: E402
+from rethink.config import get_cfg
+from rethink.data.coco import CocoDataset
+from rethink.data.synthetic import compressed_rle, uncompressed_rle
+from rethink.data.transforms import DatasetMapper
 
 H, W = 384, 640  # -> 800 x 1333 at MIN_SIZE_TRAIN 800, MAX_SIZE_TRAIN 1333
 GOAL_MS, GOAL_MB = 35.0, 4.0

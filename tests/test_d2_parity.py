@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from rethink.config import load_config
-from rethink.data import build_test_loader
+from rethink.data.build import build_test_loader, get_dataset
+from rethink.data.transforms import DatasetMapper
 from rethink.modeling import build_model
 from rethink.structures import InstanceMasks
 from rethink.weights import load_weights
@@ -224,8 +225,6 @@ def test_training_losses_default_sampling_seed_independent_terms(cfg):
 def test_train_mapper_equals_detectron2_dataset_mapper(golden_env):
     """Our training mapper on the fixed batch's images (short side 256, no flip) gives detectron2's
     input image, GT boxes, classes and resized polygons (crowd dropped)."""
-    from rethink.data import DatasetMapper, get_dataset
-
     images, targets, meta = _train_batch()
     cfg = load_config(GOLDEN / "model" / "config.yaml",
                       ["INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.RANDOM_FLIP", "none"])

@@ -15,11 +15,9 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from rethink.data.catalog import get_dataset_spec  # noqa: E402
-from rethink.data.errors import DatasetError  # noqa: E402
-from rethink.data.subsets import PAPER_SELECTIONS, Selection, make_subsets  # noqa: E402
+from rethink.data.catalog import get_dataset_spec
+from rethink.data.errors import DatasetError
+from rethink.data.subsets import PAPER_SELECTIONS, Selection, make_subsets
 
 logger = logging.getLogger("make_subsets")
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import build_test_loader, build_train_loader, get_dataset_spec
+from ..data import get_dataset_spec
+from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from ..modeling import build_model
 from ..modeling.norm import to_torch_syncbn

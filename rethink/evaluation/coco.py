@@ -70,8 +70,26 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def encode_region(crop: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+    """COCO RLE of a ``height x width`` binary mask that is zero outside ``crop`` (``h x w``, placed at
+    ``(top, left)``), computed from the crop alone: identical to ``pycocotools.mask.encode`` of the full mask,
+    at the cost of the crop's area instead of the image's."""
+    h, w = crop.shape
+    padded = np.zeros((w, h + 2), dtype=bool)  # columns as rows (COCO RLE is column-major), a zero at each end
+    padded[:, 1:-1] = crop.T
+    flat = padded.reshape(-1)
+    col, row = np.divmod(np.flatnonzero(flat[1:] != flat[:-1]) + 1, h + 2)  # where each run starts
+    bounds = (left + col) * height + top + row - 1  # in the full image's column-major order
+    # a run of ones ending at a column's last row and one starting at the next column's first row are one run
+    values, count = np.unique(bounds, return_counts=True)
+    bounds = values[(count == 1) & (values < height * width)]
+    counts = np.diff(np.concatenate([[0], bounds, [height * width]]))
+    return mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+
+
 def encode_masks(masks: Any, threshold: float = 0.5) -> List[dict]:
-    """Binarize ``masks`` (``[N, 1, H, W]`` or ``[N, H, W]`` probabilities) at ``> threshold`` and RLE-encode them.
+    """Binarize ``masks`` (``[N, 1, H, W]`` or ``[N, H, W]`` probabilities or booleans) at ``> threshold`` and
+    RLE-encode them, each over its own bounding region (:func:`encode_region`).
 
     Returns COCO compressed RLEs ``{"size": [H, W], "counts": str}`` (counts decoded to ``str`` for json).
     """
@@ -79,20 +97,27 @@ def encode_masks(masks: Any, threshold: float = 0.5) -> List[dict]:
         masks = masks.detach()
         if masks.dim() == 4:
             masks = masks[:, 0]
-        binary = (masks > threshold).to(torch.uint8).cpu().numpy()  # threshold on device: 4-8x less to transfer
+        binary = masks if masks.dtype == torch.bool else masks > threshold  # on the device: less to transfer
+        binary = binary.cpu().numpy()
     else:
         masks = np.asarray(masks)
         if masks.ndim == 4:
             masks = masks[:, 0]
-        binary = (masks > threshold).astype(np.uint8)
+        binary = masks if masks.dtype == bool else masks > threshold
     if binary.ndim != 3:
         raise ValueError(f"masks must have shape [N, 1, H, W] or [N, H, W], got {tuple(binary.shape)}")
-    if binary.shape[0] == 0:
-        return []
-    # pycocotools wants a Fortran-ordered uint8 [H, W, N] array.
-    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    for rle in rles:
+    n, height, width = binary.shape
+    rows_any, cols_any = binary.any(axis=2), binary.any(axis=1)
+    rles = []
+    for k in range(n):
+        rows, cols = np.flatnonzero(rows_any[k]), np.flatnonzero(cols_any[k])
+        if len(rows) == 0:
+            rle = mask_util.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)
+        else:
+            crop = binary[k, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            rle = encode_region(crop, int(rows[0]), int(cols[0]), height, width)
         rle["counts"] = rle["counts"].decode("utf-8")
+        rles.append(rle)
     return rles
 
 
