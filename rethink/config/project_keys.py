@@ -22,6 +22,11 @@ def add_project_keys(cfg: CN) -> None:
     # every CHECKPOINT_PERIOD: the fork points of shorter schedules branching off this run (rethink.cluster.branches).
     cfg.SOLVER.CHECKPOINT_ITERS = ()
 
+    # --- mixed precision (rethink.engine.trainer) -----------------------------------------------------
+    # Autocast dtype when SOLVER.AMP.ENABLED (CUDA only): "float16" (losses scaled by a GradScaler) or
+    # "bfloat16" (float32's range: no scaler). Anchors, box decoding and the losses stay float32.
+    cfg.SOLVER.AMP.DTYPE = "float16"
+
     # --- evaluation ----------------------------------------------------------------------------------
     # COCO evaluator backend: "hotcoco" (default: Rust, bit-identical to pycocotools, 25-60x faster on 5k
     # images), "pycocotools" (the reference implementation) or "faster_coco_eval" (C++, equal to ~1e-16).

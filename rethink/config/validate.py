@@ -19,6 +19,7 @@ NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN")
 DEPTHS = (18, 34, 50, 101, 152)
 FLOAT32_PRECISIONS = ("", "highest", "high", "medium")
 EVALUATORS = ("faster_coco_eval", "pycocotools", "hotcoco")
+AMP_DTYPES = ("float16", "bfloat16")
 
 # Keys that the project honours. A name that is a group covers every key under it.
 IMPLEMENTED = (
@@ -229,6 +230,7 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
     one_of("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ["value", "norm"])
     one_of("TEST.EVALUATOR", EVALUATORS)
     one_of("FLOAT32_PRECISION", FLOAT32_PRECISIONS)
+    one_of("SOLVER.AMP.DTYPE", AMP_DTYPES)
     s = cfg.SOLVER
     if s.IMS_PER_BATCH < 1:
         fail("SOLVER.IMS_PER_BATCH", "must be positive")

@@ -15,6 +15,7 @@ iteration, rank, world_size) -- not on SOLVER.MAX_ITER nor DATALOADER.NUM_WORKER
 "random" default would make runs unrepeatable). The state to checkpoint is just the iteration.
 """
 import logging
+import signal
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -113,7 +114,11 @@ def trivial_collate(batch):
 
 
 def _worker_init(_):
+    """Loader workers: one thread each, and deaf to the signals SLURM sends every process of a job step
+    (USR2 before a timeout, TERM on preemption): the trainer process handles them, not the workers."""
     torch.set_num_threads(1)
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class TrainLoader:
@@ -133,6 +138,7 @@ class TrainLoader:
         self.seed = data_seed(cfg) if seed is None else int(seed)
         self.rank, self.world_size, self.ims_per_batch, self.per_rank = rank, world_size, B, B // world_size
         self.num_workers = int(cfg.DATALOADER.NUM_WORKERS)
+        self.pin_memory = str(cfg.MODEL.DEVICE).startswith("cuda")  # so the trainer's non_blocking copies overlap
         self.train_set = TrainingSet(list(cfg.DATASETS.TRAIN), bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
                                      verify_images)
         self.stream = BatchStream(len(self.train_set), B, self.seed,
@@ -142,7 +148,8 @@ class TrainLoader:
         self.label_to_cat_id = self.train_set.label_to_cat_id
 
     def _dataloader(self, start: int) -> DataLoader:
-        kw = dict(num_workers=self.num_workers, collate_fn=trivial_collate, worker_init_fn=_worker_init)
+        kw = dict(num_workers=self.num_workers, collate_fn=trivial_collate, worker_init_fn=_worker_init,
+                  pin_memory=self.pin_memory)
         if self.num_workers > 0:
             kw["prefetch_factor"] = 2
         return DataLoader(_TrainMapDataset(self.train_set, self.mapper, self.seed),

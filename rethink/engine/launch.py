@@ -28,9 +28,22 @@ def backend_for(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+def device_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank among the `visible` ones: LOCAL_RANK modulo their number, so tasks that see
+    all of the node's GPUs take their own, and tasks bound to a subset (--gpus-per-task,
+    --gpu-bind=closest: one or two visible) take theirs."""
+    if visible < 1:
+        raise RuntimeError(f"rank with LOCAL_RANK {local_rank}: MODEL.DEVICE is cuda but no GPU is visible "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return local_rank % visible
+
+
 def init_process_group(backend: str, rank: int, world_size: int, local_rank: int, init_method: str = "env://"):
-    if backend == "nccl":  # tasks bound to one GPU each (--gpus-per-task, --gpu-bind) see it as device 0
-        torch.cuda.set_device(local_rank if torch.cuda.device_count() > 1 else 0)
+    if backend == "nccl":
+        index = device_index(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        logger.info("rank %d (local %d) on cuda:%d of %d visible (CUDA_VISIBLE_DEVICES=%s)", rank, local_rank, index,
+                    torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES", "all"))
     os.environ["LOCAL_RANK"] = str(local_rank)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=TIMEOUT)
     comm.init_cpu_group()  # the gloo group that gathers evaluation results, made now rather than an hour in
@@ -52,6 +65,11 @@ def launch(main, num_processes: int = 1, num_machines: int = 1, machine_rank: in
     MASTER_ADDR, MASTER_PORT set) this process is one rank and joins via env://; otherwise it spawns
     `num_processes` local ranks (1 = run in this process, no process group)."""
     backend = backend_for(device)
+    world = int(os.environ["WORLD_SIZE"]) if "RANK" in os.environ and "WORLD_SIZE" in os.environ \
+        else num_processes * num_machines
+    if world > 1 and device.startswith("cuda:"):
+        raise ValueError(f"MODEL.DEVICE {device!r} names one GPU but the run has {world} ranks: use MODEL.DEVICE cuda "
+                         f"(each rank takes LOCAL_RANK % visible GPUs)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", 0))

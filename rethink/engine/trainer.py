@@ -65,7 +65,9 @@ class Trainer(TrainerBase):
         self.amp = cfg.SOLVER.AMP.ENABLED and self.device.type == "cuda"
         if cfg.SOLVER.AMP.ENABLED and not self.amp:
             logger.warning("SOLVER.AMP.ENABLED is set but the device is %s: training in float32", self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.amp_dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE)
+        # float16 needs its losses scaled; bfloat16 has float32's exponent range and does not
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == torch.float16 else None
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, self.optimizer, save_to_disk=comm.is_main_process(),
                                          scaler=self.scaler)
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -108,7 +110,7 @@ class Trainer(TrainerBase):
         seed_step(self.cfg.SEED, self.iter, self.rank)
         images, targets = zip(*(to_device(s, self.device) for s in batch))
         data_time = time.perf_counter() - t0
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
         with autocast:
             loss_dict = self.model(list(images), list(targets))
         losses = sum(loss_dict.values())

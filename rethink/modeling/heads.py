@@ -51,8 +51,8 @@ class BoxPredictor(nn.Module):
 
     def forward(self, x):
         x = x.flatten(start_dim=1)
-        deltas = self.bbox_pred(x)
-        return self.cls_score(x), F.pad(deltas, (4, 0))  # background (index 0) gets zero deltas
+        deltas = self.bbox_pred(x).float()  # float32 under autocast: decoded and scored in float32
+        return self.cls_score(x).float(), F.pad(deltas, (4, 0))  # background (index 0) gets zero deltas
 
 
 class MaskPredictor(MaskRCNNPredictor):
@@ -66,7 +66,7 @@ class MaskPredictor(MaskRCNNPredictor):
         nn.init.zeros_(self.mask_fcn_logits.bias)
 
     def forward(self, x):
-        return F.pad(super().forward(x), (0, 0, 0, 0, 1, 0))
+        return F.pad(super().forward(x).float(), (0, 0, 0, 0, 1, 0))
 
 
 def xavier_fill_linears(module: nn.Module) -> None:

@@ -62,6 +62,15 @@ class RPN(RegionProposalNetwork):
         return obj_loss * self.loss_weight, box_loss * self.loss_weight * self.box_loss_weight
 
 
+class StandardRPNHead(RPNHead):
+    """torchvision's RPN head (one 3x3 conv, then objectness and deltas) with float32 outputs, so that
+    under autocast proposals are decoded and scored in float32 (as detectron2's apply_deltas)."""
+
+    def forward(self, x):
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 class FPNAnchorGenerator(AnchorGenerator):
     """detectron2's DefaultAnchorGenerator (offset 0) on torchvision's: anchors on the fixed FPN strides
     (torchvision infers a stride as padded size // feature size, which for an 800 px side puts P6 on a
@@ -83,7 +92,7 @@ class FPNAnchorGenerator(AnchorGenerator):
             raise ValueError(f"{len(feature_maps)} feature maps for {len(self.strides)} anchor strides")
         device = feature_maps[0].device
         strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
-        self.set_cell_anchors(feature_maps[0].dtype, device)
+        self.set_cell_anchors(torch.float32, device)  # float32 under autocast too: fp16 steps are 1 px above 1024
         per_level = self.grid_anchors([f.shape[-2:] for f in feature_maps], strides)
         anchors = torch.cat(per_level)
         return [anchors for _ in image_list.image_sizes]
@@ -168,7 +177,7 @@ def build_model(cfg) -> MaskRCNN:
                           aligned=mask.POOLER_TYPE == "ROIAlignV2")
     mask_predictor = MaskPredictor(mask_dim, mask.CONV_DIM, num_classes)
     model = MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors,
-                     rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
+                     rpn_head=StandardRPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
                      box_roi_pool=box_pool, box_head=box_head, box_predictor=box_predictor,
                      mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor)
     model.roi_heads = StandardROIHeads(
