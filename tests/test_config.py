@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rethink.config import ConfigError, get_cfg, load_config, schedule_steps
+from rethink.config import ConfigError, describe_schedule, get_cfg, load_config, schedule_steps
 from rethink.config.validate import describe_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +213,17 @@ def test_errors_say_where_a_value_came_from(tmp_path):
     with pytest.raises(ConfigError, match=r"base\.yaml: MODEL\.FPN\.FUSE_TYPE = 'avg': .*only detectron2's default 'sum'"):
         load_config(top)
     assert os.path.exists(base)
+
+
+def test_resolved_schedule_is_described_in_one_line():
+    resolution = {}
+    cfg = load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6"],
+                      resolution=resolution)
+    line = describe_schedule(cfg, resolution)
+    assert line == ("schedule: batch 2 (reference 16: LR x0.125, iteration counts x8), LR 0.0025, MAX_ITER 48, "
+                    "STEPS (32, 40), warm-up 8000, no periodic eval, checkpoint every 40000")
+    resolution = {}
+    cfg = load_config(CONFIGS / "scratch_gn_r50.yaml", ["TEST.EVAL_PERIOD", "10000"], resolution=resolution)
+    assert describe_schedule(cfg, resolution) == (
+        "schedule: batch 16 (not scaled), LR 0.02, MAX_ITER 540000 = 6x of 90000, STEPS (480000, 520000), "
+        "warm-up 1000, eval every 10000, checkpoint every 5000")

@@ -14,10 +14,10 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from .defaults import get_cfg
-from .schedule import parse_schedule, resolve_schedule, schedule_steps
+from .schedule import describe_schedule, parse_schedule, resolve_schedule, schedule_steps
 from .validate import ConfigError, describe_source, validate
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg", "load_config", "parse_schedule", "schedule_steps"]
+__all__ = ["CfgNode", "ConfigError", "describe_schedule", "get_cfg", "load_config", "parse_schedule", "schedule_steps"]
 
 
 def _leaf_keys(data: dict, node: CfgNode, prefix: str, source: str):
@@ -88,20 +88,23 @@ def _merge_overrides(cfg: CfgNode, overrides: Iterable[str], origins: Dict[str, 
 
 
 def load_config(path: Optional[str], overrides: Iterable[str] = (), freeze: bool = True,
-                origins: Optional[Dict[str, str]] = None) -> CfgNode:
+                origins: Optional[Dict[str, str]] = None, resolution: Optional[Dict[str, object]] = None) -> CfgNode:
     """Defaults <- `path` (with its `_BASE_` chain) <- `overrides`; then schedule resolution and
     validation. Returns a frozen CfgNode unless freeze=False. `origins`, if given, is filled with
-    {key: file or "command line"} for every key set explicitly."""
+    {key: file or "command line"} for every key set explicitly; `resolution`, if given, with what the
+    schedule resolution did (for :func:`describe_schedule`)."""
     cfg = get_cfg()
     origins = {} if origins is None else origins
     if path:
         _merge_file(cfg, str(path), origins)
     _merge_overrides(cfg, overrides, origins)
     try:
-        resolve_schedule(cfg, set(origins))
+        done = resolve_schedule(cfg, set(origins))
     except ValueError as e:
         raise ConfigError(f"{describe_source('SOLVER.SCHEDULE', cfg, origins)}: {e}") from None
     validate(cfg, origins)
+    if resolution is not None:
+        resolution.update(done)
     if freeze:
         cfg.freeze()
     return cfg

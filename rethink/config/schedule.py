@@ -1,5 +1,6 @@
 """Paper schedules ("Nx") and the linear scaling rule for batch sizes other than the reference."""
 import re
+from typing import Dict, Optional
 
 from fvcore.common.config import CfgNode
 
@@ -23,11 +24,13 @@ def schedule_steps(max_iter: int, unit: int) -> tuple:
     return (first, second)
 
 
-def resolve_schedule(cfg: CfgNode, explicit: set) -> None:
+def resolve_schedule(cfg: CfgNode, explicit: set) -> Dict[str, object]:
     """Fill SOLVER.MAX_ITER/STEPS from SOLVER.SCHEDULE (unless set explicitly), then apply the linear
     scaling rule when IMS_PER_BATCH differs from SOLVER.REFERENCE_IMS_PER_BATCH. Idempotent: the
-    scaled config records REFERENCE_IMS_PER_BATCH = IMS_PER_BATCH."""
+    scaled config records REFERENCE_IMS_PER_BATCH = IMS_PER_BATCH. Returns what it did
+    ({"schedule": "6x" or "", "scaled_from": the reference batch or 0}) for :func:`describe_schedule`."""
     s = cfg.SOLVER
+    done = {"schedule": s.SCHEDULE if s.SCHEDULE and "SOLVER.MAX_ITER" not in explicit else "", "scaled_from": 0}
     if s.SCHEDULE:
         n = parse_schedule(s.SCHEDULE)
         if "SOLVER.MAX_ITER" not in explicit:
@@ -45,3 +48,22 @@ def resolve_schedule(cfg: CfgNode, explicit: set) -> None:
         s.SCHEDULE_UNIT = int(round(s.SCHEDULE_UNIT / factor))
         cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / factor))
         s.REFERENCE_IMS_PER_BATCH = s.IMS_PER_BATCH
+        done["scaled_from"] = ref
+    return done
+
+
+def describe_schedule(cfg: CfgNode, resolution: Optional[Dict[str, object]] = None) -> str:
+    """The resolved schedule in one line: batch (and whether the linear scaling rule changed LR and
+    iteration counts), LR, MAX_ITER, STEPS, warm-up, evaluation and checkpoint periods."""
+    s, res = cfg.SOLVER, resolution or {}
+    ref = res.get("scaled_from") or 0
+    if ref:
+        batch = (f"batch {s.IMS_PER_BATCH} (reference {ref}: LR x{s.IMS_PER_BATCH / ref:g}, "
+                 f"iteration counts x{ref / s.IMS_PER_BATCH:g})")
+    else:
+        batch = f"batch {s.IMS_PER_BATCH} (not scaled)"
+    sched = f" = {res['schedule']} of {s.SCHEDULE_UNIT}" if res.get("schedule") else ""
+    return (f"schedule: {batch}, LR {s.BASE_LR:g}, MAX_ITER {s.MAX_ITER}{sched}, STEPS {tuple(s.STEPS)}, "
+            f"warm-up {s.WARMUP_ITERS}, "
+            f"{f'eval every {cfg.TEST.EVAL_PERIOD}' if cfg.TEST.EVAL_PERIOD > 0 else 'no periodic eval'}, "
+            f"checkpoint every {s.CHECKPOINT_PERIOD}")
