@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo clean-venv
+.PHONY: setup test test-fast demo clean-venv gpu-wheels
 
 setup: $(STAMP)
 
@@ -30,3 +30,12 @@ demo: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Wheels for benchmarks/gpu_check.sh on a GPU machine without a package index (its own Python and torch).
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels: setup
+	$(PY) -m pip wheel -q --no-deps -w .gpu-wheels fvcore iopath   # pure-Python sdists: built here, any Python
+	$(PY) -m pip download -q --python-version $(GPU_PYTHON_VERSION) --only-binary=:all: \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  -d .gpu-wheels pycocotools submitit hotcoco faster-coco-eval pyyaml tqdm yacs tabulate termcolor portalocker
+	@du -sh .gpu-wheels
