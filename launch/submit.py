@@ -8,7 +8,7 @@
     python launch/submit.py --sweep launch/sweeps/paper.yaml --dry-run
     python launch/submit.py --sweep launch/sweeps/paper.yaml --partition learnfair --account myteam
     # no SLURM: the same jobs on this machine (submitit's local executor), waiting for the end
-    python launch/submit.py --sweep configs/demo/sweep.yaml --cluster local --wait
+    python launch/submit.py --sweep launch/sweeps/demo.yaml --cluster local --wait
 
 Runs go to <root>/<sweep name>/<run name> (single runs: output/<config name>[/<overrides>]);
 `python launch/status.py <sweep dir>` shows their state.

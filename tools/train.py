@@ -1,20 +1,73 @@
 #!/usr/bin/env python
-"""Train or evaluate Mask R-CNN, detectron2 train_net.py style.
+"""Train or evaluate Mask R-CNN, as detectron2's tools/train_net.py: setup() once, then main() in every rank.
 
     # the paper's R50-FPN GN from scratch, 6x, one machine with 8 GPUs
     python tools/train.py --config configs/scratch_gn_r50.yaml --num-gpus 8
     # another schedule / batch: iterations and LR follow (linear scaling rule)
     python tools/train.py --config configs/pretrained_gn_r50.yaml --num-gpus 8 SOLVER.SCHEDULE 2x
-    # continue after a crash or preemption; evaluate a checkpoint
+    # continue after a crash or preemption, in the same OUTPUT_DIR
     python tools/train.py --config configs/scratch_gn_r50.yaml --num-gpus 8 --resume
-    python tools/train.py --config configs/scratch_gn_r50.yaml --eval-only MODEL.WEIGHTS output/scratch_gn_r50/model_final.pth
-    # CPU, 2 processes (gloo), the tiny synthetic config used by the tests and the demo
+    # evaluate a checkpoint on DATASETS.TEST; writes OUTPUT_DIR/eval_results.json ({"bbox/AP": ..., ...})
+    python tools/train.py --config configs/scratch_gn_r50.yaml --num-gpus 8 --eval-only \\
+        MODEL.WEIGHTS output/scratch_gn_r50/model_final.pth OUTPUT_DIR output/eval/scratch_gn_r50
+    # a detectron2 run as it is: its config.yaml and model_final.pkl (COCO under $DETECTRON2_DATASETS)
+    python tools/train.py --config D2_RUN/config.yaml --num-gpus 8 --eval-only \\
+        MODEL.WEIGHTS D2_RUN/model_final.pkl OUTPUT_DIR output/d2_eval
+    # CPU, 2 processes (gloo): the tiny synthetic config of the tests and the demo (MODEL.DEVICE cpu)
     python tools/train.py --config configs/demo/scratch_gn_r18_tiny.yaml --num-gpus 2
+    # one rank per process under torchrun (or SLURM: launch/submit.py): RANK/WORLD_SIZE come from the environment
+    torchrun --nproc-per-node 8 tools/train.py --config configs/scratch_gn_r50.yaml
 
-Output goes to OUTPUT_DIR (default output/<config name>[/<overrides>]): config.yaml, log.txt,
-metrics.jsonl, TensorBoard events, model_XXXXXXX.pth, model_final.pth, last_checkpoint.
+OUTPUT_DIR (default output/<config name>[/<overrides>]) receives config.yaml, log.txt, metrics.jsonl,
+TensorBoard events, model_XXXXXXX.pth, model_final.pth and last_checkpoint (rethink/utils/rundir.py).
 """
-from rethink.engine import train_main
+import torch
+
+from rethink.engine import (
+    Checkpointer,
+    Trainer,
+    check_run,
+    default_argument_parser,
+    default_setup,
+    evaluate,
+    launch,
+    load_run_config,
+    save_eval_results,
+)
+from rethink.modeling import build_model
+from rethink.utils.logger import setup_logging
+
+
+def setup(args):
+    """The run's config, once, before any rank starts: the file, then the KEY VALUE overrides; OUTPUT_DIR
+    defaults to output/<run name>; SEED < 0 is drawn (or, with --resume, read from the run's config.yaml).
+    Missing dataset files or a missing GPU fail here."""
+    setup_logging()  # console; each rank adds OUTPUT_DIR/log.txt in default_setup
+    cfg = load_run_config(args.config, args.opts, resume=args.resume)
+    check_run(cfg, eval_only=args.eval_only)
+    return cfg
+
+
+def main(cfg, args):
+    """Every rank (the engine's main_worker does the same for SLURM jobs)."""
+    cfg = default_setup(cfg, eval_only=args.eval_only)  # log file, torch flags, one SEED, config.yaml saved
+    if args.eval_only:
+        device = torch.device(cfg.MODEL.DEVICE)
+        model = build_model(cfg).to(device)
+        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = evaluate(cfg, model, device)  # COCO box/mask AP on every DATASETS.TEST
+        save_eval_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)  # model (DDP over the ranks), optimizer, AMP scaler, checkpointer
+    trainer.resume_or_load(resume=args.resume)  # last checkpoint in OUTPUT_DIR, else MODEL.WEIGHTS
+    # timer, LR schedule, PreciseBN (TEST.PRECISE_BN), checkpoints, evaluation every TEST.EVAL_PERIOD, metrics writer
+    trainer.register_hooks(trainer.build_hooks())
+    trainer.train()  # from the start iteration to SOLVER.MAX_ITER
+    return trainer.storage.scalars_at(trainer.completed)
+
 
 if __name__ == "__main__":
-    train_main()
+    args = default_argument_parser(__doc__).parse_args()
+    cfg = setup(args)
+    launch(main, num_processes=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, device=cfg.MODEL.DEVICE, args=(cfg, args))

@@ -8,7 +8,8 @@ schedule is a branch that starts from that checkpoint in its own OUTPUT_DIR, wit
 up to the fork carried over so its curve is complete, and trains the rest with its own LR drops.
 
 Branches are submitted by the trunk's job as soon as their fork checkpoint exists (a watcher thread
-on rank 0); a marker file in the branch dir makes that happen once, also across trunk requeues.
+on rank 0); a marker file in the branch dir (RunDir.fork_marker) makes that happen once, also across
+trunk requeues.
 """
 import json
 import logging
@@ -17,11 +18,10 @@ import threading
 import time
 from typing import Dict, List
 
-from ..engine.events import METRICS_FILE, read_metrics
 from ..utils.atomic import atomic_copy, atomic_write_text
+from ..utils.rundir import RunDir
 
 logger = logging.getLogger(__name__)
-MARKER = "fork.json"
 
 
 def _group_key(run) -> tuple:
@@ -56,34 +56,29 @@ def plan_forks(runs) -> None:
             trunk.checkpoint_iters = sorted(set(trunk.checkpoint_iters) | {k})
 
 
-def fork_checkpoint(trunk_dir: str, iteration: int) -> str:
-    return os.path.join(trunk_dir, f"model_{iteration:07d}.pth")
-
-
 def prepare_branch(cfg, fork_from: dict, rank: int = 0, timeout_s: float = 600.0) -> None:
     """Seed a branch's OUTPUT_DIR from the trunk (first start only): the fork checkpoint becomes its
     last checkpoint and the trunk's metrics up to the fork become its first lines. Other ranks wait."""
     out, k = cfg.OUTPUT_DIR, int(fork_from["iteration"])
-    last = os.path.join(out, "last_checkpoint")
+    run, trunk = RunDir(out), RunDir(fork_from["trunk_dir"])
     if rank != 0:
         deadline = time.time() + timeout_s
-        while not os.path.isfile(last):
+        while not run.has_last_checkpoint():
             if time.time() > deadline:
                 raise TimeoutError(f"{out}: rank 0 did not prepare the branch from {fork_from['trunk_dir']}")
             time.sleep(1)
         return
-    if os.path.isfile(last):
+    if run.has_last_checkpoint():
         return  # a requeued branch: resume from its own checkpoints
-    src = fork_checkpoint(fork_from["trunk_dir"], k)
+    src = trunk.checkpoint(k)
     if not os.path.isfile(src):
         raise FileNotFoundError(f"branch {out}: the trunk's fork checkpoint {src} does not exist")
     os.makedirs(out, exist_ok=True)
-    atomic_copy(src, os.path.join(out, f"model_{k:07d}.pth"))
+    atomic_copy(src, run.checkpoint(k))
 
-    trunk_metrics = os.path.join(fork_from["trunk_dir"], METRICS_FILE)
-    lines = [m for m in read_metrics(trunk_metrics) if m["iteration"] <= k] if os.path.isfile(trunk_metrics) else []
-    atomic_write_text(os.path.join(out, METRICS_FILE), "".join(json.dumps(m) + "\n" for m in lines))
-    atomic_write_text(last, f"model_{k:07d}.pth")
+    lines = [m for m in trunk.metrics() if m["iteration"] <= k]
+    atomic_write_text(run.metrics_file, "".join(json.dumps(m) + "\n" for m in lines))
+    run.set_last_checkpoint(run.checkpoint(k))
     logger.info("Branch %s starts from %s (iteration %d) with %d metric lines of the trunk", out, src, k, len(lines))
 
 
@@ -94,14 +89,14 @@ def claim_branch(branch_dir: str) -> bool:
     """Atomically create the branch's marker; False if it already exists (submitted before). An
     empty marker older than STALE_CLAIM_S (a submitter killed mid-way) is taken over."""
     os.makedirs(branch_dir, exist_ok=True)
-    marker = os.path.join(branch_dir, MARKER)
+    marker = RunDir(branch_dir).fork_marker
     try:
         if os.path.getsize(marker) == 0 and time.time() - os.path.getmtime(marker) > STALE_CLAIM_S:
             os.remove(marker)
     except OSError:
         pass
     try:
-        fd = os.open(os.path.join(branch_dir, MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
     os.close(fd)
@@ -122,9 +117,9 @@ class BranchSubmitter:
 
     def check(self) -> None:
         for b in self.branches:
-            ckpt = fork_checkpoint(b["fork_from"]["trunk_dir"], b["fork_from"]["iteration"])
+            ckpt = RunDir(b["fork_from"]["trunk_dir"]).checkpoint(b["fork_from"]["iteration"])
             if os.path.isfile(ckpt) and claim_branch(b["output_dir"]):
-                marker = os.path.join(b["output_dir"], MARKER)
+                marker = RunDir(b["output_dir"]).fork_marker
                 try:
                     job_id = self.submit_fn(b)
                 except Exception:

@@ -124,7 +124,7 @@ def _checkpoint_iters(run) -> List[str]:
 
 class TrunkJob(TrainJob):
     """The longest schedule of a forked group: trains like TrainJob while rank 0 submits each branch
-    (rethink.fork) as soon as the branch's fork checkpoint exists."""
+    (rethink.cluster.branches) as soon as the branch's fork checkpoint exists."""
 
     def __init__(self, config, overrides, output_dir, branches: List[dict], cluster: str, resources: Resources,
                  folder: str, cuda: bool, job_name: str = "rethink"):

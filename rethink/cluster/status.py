@@ -1,6 +1,7 @@
 """State of a sweep's runs from what is on disk and what the scheduler says: pending, running,
 requeued, done, failed (with the tail of its error), last iteration, latest box/mask AP."""
 import glob
+import json
 import logging
 import os
 import pickle
@@ -10,8 +11,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from ..engine.events import METRICS_FILE, read_metrics
-from .branches import MARKER
+from ..utils.rundir import RunDir
 from .sweep import Sweep, expand, submissions
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,8 @@ def job_ids(sweep: Sweep) -> Dict[str, str]:
     for sub in submissions(sweep.dir):
         ids.update(sub["jobs"])
     for r in sweep.runs:
-        marker = os.path.join(r.output_dir, MARKER)
+        marker = RunDir(r.output_dir).fork_marker
         if r.fork_from and os.path.isfile(marker) and os.path.getsize(marker):
-            import json
-
             with open(marker) as f:
                 ids.setdefault(r.name, json.load(f)["job_id"])
     return ids
@@ -61,8 +59,9 @@ def _scheduler_state(sweep: Sweep, job_id: str, cluster: str) -> Optional[str]:
         return None
 
 
-def _starts(run_dir: str) -> int:
-    log = os.path.join(run_dir, "log.txt")
+def _starts(run: RunDir) -> int:
+    """How often the run started (first start, requeues): rank 0's "Run ... world size" lines."""
+    log = run.log_file()
     if not os.path.isfile(log):
         return 0
     with open(log, errors="replace") as f:
@@ -75,19 +74,18 @@ def run_states(sweep: Sweep) -> List[dict]:
     cluster = subs[-1]["cluster"] if subs else "slurm"
     rows = []
     for r in sweep.runs:
+        run = RunDir(r.output_dir)
         row = {"run": r.name, "job_id": ids.get(r.name, ""), "iteration": 0, "max_iter": r.max_iter,
-               "box_AP": None, "mask_AP": None, "starts": _starts(r.output_dir), "error": "",
+               "box_AP": None, "mask_AP": None, "starts": _starts(run), "error": "",
                "fork": f"{r.fork_from['trunk']}@{r.fork_from['iteration']}" if r.fork_from else
                ("trunk" if r.checkpoint_iters else "")}
-        metrics_path = os.path.join(r.output_dir, METRICS_FILE)
-        metrics = read_metrics(metrics_path) if os.path.isfile(metrics_path) else []
+        metrics = run.metrics()
         if metrics:
             row["iteration"] = metrics[-1]["iteration"]
             evals = [m for m in metrics if "bbox/AP" in m]
             if evals:
                 row["box_AP"], row["mask_AP"] = evals[-1]["bbox/AP"], evals[-1].get("segm/AP")
-        done = os.path.isfile(os.path.join(r.output_dir, "model_final.pth")) and any(
-            m["iteration"] >= r.max_iter and "bbox/AP" in m for m in metrics)
+        done = run.is_done(r.max_iter, metrics)
         result = _result(sweep, row["job_id"]) if row["job_id"] else None
         sched = _scheduler_state(sweep, row["job_id"], cluster) if row["job_id"] and not done else None
         if done:

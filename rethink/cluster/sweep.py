@@ -128,13 +128,15 @@ def load_sweep(path: str, root: Optional[str] = None) -> Sweep:
 def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> Sweep:
     name = spec.get("name") or os.path.splitext(os.path.basename(source))[0]
     root = os.path.abspath(root or spec.get("root", "output/sweeps"))
-    axes: Dict[str, list] = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (spec.get("axes") or {}).items()}
+    axes: Dict[str, list] = {k: list(v) if isinstance(v, (list, tuple)) else [v]
+                             for k, v in (spec.get("axes") or {}).items()}
     for axis in axes:
         if axis not in NAMED_AXES and "." not in axis:
             raise SweepError(f"{source}: unknown axis {axis!r}: use one of {sorted(NAMED_AXES)} or a config KEY")
     template = spec.get("config")
     if not template:
-        raise SweepError(f"{source}: 'config' (a file or a template like configs/{{init}}_{{norm}}_r{{depth}}.yaml) is required")
+        raise SweepError(f"{source}: 'config' (a file or a template like "
+                         "configs/{init}_{norm}_r{depth}.yaml) is required")
     excludes = spec.get("exclude") or []
     common = [str(x) for x in (spec.get("overrides") or [])]
     resources = Resources.from_dict(spec.get("resources"))
@@ -181,8 +183,8 @@ def plan_table(sweep: Sweep) -> str:
     rows = [("run", "config", "overrides", "nodes x gpus", "iters", "GPU-h (est.)")]
     for r in sweep.runs:
         fork = f" (branch of {r.fork_from['trunk']} at {r.fork_from['iteration']})" if r.fork_from else ""
-        rows.append((r.name + fork, os.path.relpath(r.config), " ".join(r.overrides), f"{res.nodes}x{res.gpus_per_node}",
-                     str(r.iterations), f"{r.gpu_hours(res):.0f}"))
+        rows.append((r.name + fork, os.path.relpath(r.config), " ".join(r.overrides),
+                     f"{res.nodes}x{res.gpus_per_node}", str(r.iterations), f"{r.gpu_hours(res):.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

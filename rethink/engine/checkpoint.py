@@ -1,23 +1,22 @@
-"""Checkpoints: `OUTPUT_DIR/model_XXXXXXX.pth` (XXXXXXX = iterations completed) and
-`model_final.pth`, plus `last_checkpoint` naming the newest, all written atomically (temp file, then
-rename), so a crash never leaves a truncated checkpoint or a pointer to a missing one.
+"""Checkpoints in the run directory (rethink.utils.rundir names them: one per checkpoint iteration,
+a final one, and the pointer naming the one a resume starts from), all written atomically (temp file,
+then rename), so a crash never leaves a truncated checkpoint or a pointer to a missing one.
 
 A checkpoint holds the model (without DDP's "module." prefix), the optimizer, the number of
 completed iterations, the seed, and the RNG states of this rank.
 """
 import logging
-import os
 import random
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..utils.atomic import atomic_torch_save, atomic_write_text
+from ..utils.atomic import atomic_torch_save
+from ..utils.rundir import RunDir
 from ..weights import load_weights
 
 logger = logging.getLogger(__name__)
-LAST = "last_checkpoint"
 
 
 def unwrap(model):
@@ -47,12 +46,14 @@ class Checkpointer:
     def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True, scaler=None):
         self.model, self.optimizer, self.output_dir, self.save_to_disk = model, optimizer, output_dir, save_to_disk
         self.scaler = scaler  # AMP GradScaler: its scale must survive a resume too
+        self.run = RunDir(output_dir)
 
     def path(self, name: str) -> str:
-        return os.path.join(self.output_dir, f"{name}.pth")
+        return self.run.checkpoint_file(name)
 
     def save(self, name: str, iteration: int, **extra) -> Optional[str]:
-        """Write checkpoint `name` (e.g. "model_0005000") holding `iteration` completed iterations."""
+        """Write checkpoint `name` (a file stem: rundir.checkpoint_name(k), rundir.FINAL_CHECKPOINT)
+        holding `iteration` completed iterations, and point the resume pointer at it."""
         if not self.save_to_disk:
             return None
         data = {"model": unwrap(self.model).state_dict(), "iteration": iteration, "rng": rng_state(), **extra}
@@ -62,19 +63,13 @@ class Checkpointer:
             data["scaler"] = self.scaler.state_dict()
         path = self.path(name)
         atomic_torch_save(data, path)
-        atomic_write_text(os.path.join(self.output_dir, LAST), os.path.basename(path))
+        self.run.set_last_checkpoint(path)
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
         return path
 
     def last_checkpoint(self) -> Optional[str]:
-        pointer = os.path.join(self.output_dir, LAST)
-        if not os.path.isfile(pointer):
-            return None
-        with open(pointer) as f:
-            path = os.path.join(self.output_dir, f.read().strip())
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
-        return path
+        """The checkpoint a resume starts from (None when there is none); see RunDir.last_checkpoint."""
+        return self.run.last_checkpoint()
 
     def load_checkpoint(self, path: str) -> dict:
         """Restore model (strict), optimizer and RNG from one of our checkpoints; returns its dict."""

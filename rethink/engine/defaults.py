@@ -1,5 +1,8 @@
-"""What tools/train.py does, as library code: the detectron2 train_net.py command line, run set-up
-(output dir, seed, logging, saved config) and the per-rank main function."""
+"""The pieces tools/train.py is made of (detectron2's engine/defaults.py): the train_net.py command
+line, the run's config (`load_run_config`, checked by `check_run` before any rank starts), the
+per-rank set-up (`default_setup`: log file, torch flags, one SEED for all ranks, saved config), and
+`main_worker`, the recipe of tools/train.py's main() for runs started from the package (SLURM jobs,
+tests)."""
 import argparse
 import hashlib
 import json
@@ -15,13 +18,12 @@ from ..data import get_dataset_spec
 from ..modeling import build_model
 from ..utils.atomic import atomic_write_text
 from ..utils.logger import setup_logging
+from ..utils.rundir import RunDir
 from . import comm
 from .checkpoint import Checkpointer
-from .launch import launch
 from .trainer import Trainer, evaluate, flatten_results
 
 logger = logging.getLogger(__name__)
-EVAL_RESULTS = "eval_results.json"  # what --eval-only writes: {"bbox/AP": ..., "segm/AP": ...}
 
 
 def default_argument_parser(description: str = "Train or evaluate Mask R-CNN (rethink)") -> argparse.ArgumentParser:
@@ -33,8 +35,10 @@ def default_argument_parser(description: str = "Train or evaluate Mask R-CNN (re
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
-    p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint); writes eval_results.json")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                   help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8")
     return p
 
 
@@ -57,7 +61,7 @@ def load_run_config(config_path: str, overrides, resume: bool = False):
     cfg = load_config(config_path, overrides, freeze=False, origins=origins)
     if "OUTPUT_DIR" not in origins:
         cfg.OUTPUT_DIR = os.path.join("output", run_name(config_path, list(overrides)))
-    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    saved = RunDir(cfg.OUTPUT_DIR).config_file
     if cfg.SEED < 0:
         if resume and os.path.isfile(saved):
             cfg.SEED = load_config(saved).SEED
@@ -92,8 +96,10 @@ def setup_torch_backends(cfg, eval_only: bool = False) -> None:
                     torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
 
 
-def main_worker(cfg, resume: bool = False, eval_only: bool = False):
-    """What every rank runs: train (optionally resuming) or evaluate. Returns rank 0's results."""
+def default_setup(cfg, eval_only: bool = False):
+    """This rank's set-up, first thing in every rank: logging to the run's log file, torch flags, rank
+    0's SEED on every rank, CPU threads; rank 0 creates OUTPUT_DIR and saves the resolved config there.
+    Returns the config (with the agreed SEED)."""
     setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
     setup_torch_backends(cfg, eval_only)
     seed = comm.broadcast(cfg.SEED)  # ranks started separately (torchrun, SLURM) may have drawn their own
@@ -106,18 +112,31 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     torch.set_num_threads(cpus or max(1, torch.get_num_threads() // max(1, _local_world())))
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        atomic_write_text(RunDir(cfg.OUTPUT_DIR).config_file, cfg.dump())
         logger.info("Run %s: world size %d, device %s, seed %d", cfg.OUTPUT_DIR, comm.get_world_size(),
                     cfg.MODEL.DEVICE, cfg.SEED)
+    return cfg
+
+
+def save_eval_results(cfg, results) -> None:
+    """Rank 0: log the flat {"bbox/AP": ...} results and write them to the run's eval results file."""
+    if comm.is_main_process():
+        flat = flatten_results(results)
+        logger.info("Evaluation results: %s", flat)
+        atomic_write_text(RunDir(cfg.OUTPUT_DIR).eval_results_file, json.dumps(flat, indent=1, sort_keys=True))
+
+
+def main_worker(cfg, resume: bool = False, eval_only: bool = False):
+    """What every rank of a run started from the package runs (cluster/jobs.py, the tests): the
+    recipe of tools/train.py's main(), step for step. Returns rank 0's results (training: the scalars
+    logged at the last iteration)."""
+    cfg = default_setup(cfg, eval_only)
     if eval_only:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume)
+        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         results = evaluate(cfg, model, device)
-        if comm.is_main_process():
-            flat = flatten_results(results)
-            logger.info("Evaluation results: %s", flat)
-            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS), json.dumps(flat, indent=1, sort_keys=True))
+        save_eval_results(cfg, results)
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume)
@@ -127,14 +146,3 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
 
 def _local_world() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", comm.get_world_size()))
-
-
-def train_main(argv=None):
-    """Entry point of tools/train.py."""
-    args = default_argument_parser().parse_args(argv)
-    setup_logging()
-    cfg = load_run_config(args.config, args.opts, args.resume)
-    check_run(cfg, args.eval_only)
-    return launch(main_worker, num_processes=args.num_gpus, num_machines=args.num_machines,
-                  machine_rank=args.machine_rank, dist_url=args.dist_url, device=cfg.MODEL.DEVICE,
-                  args=(cfg, args.resume, args.eval_only))

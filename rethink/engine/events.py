@@ -1,9 +1,10 @@
 """Metrics of a run: collected per iteration in an EventStorage, written by rank 0 as one JSON object
-per line to `OUTPUT_DIR/metrics.jsonl` (and TensorBoard events beside it), printed to the log.
+per line to the run directory's metrics file (and TensorBoard events beside it; rethink.utils.rundir
+gives both paths), printed to the log.
 
 Iterations in metrics are counts of completed iterations (the first step logs as iteration 1 when
 logged). A requeued run appends again from its last checkpoint, so a file can hold an iteration
-twice: `read_metrics` keeps the last entry per iteration (merging the keys written for it).
+twice: `read_metrics` (rethink.utils.rundir, re-exported here) keeps the last entry per iteration.
 """
 import datetime
 import json
@@ -12,10 +13,12 @@ import os
 import statistics
 import time
 from collections import defaultdict, deque
-from typing import Dict, List
+from typing import Dict
 
+from ..utils.rundir import read_metrics
+
+__all__ = ["EventStorage", "JSONWriter", "TensorboardWriter", "format_eta", "read_metrics"]
 logger = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
 
 
 class EventStorage:
@@ -81,26 +84,3 @@ class TensorboardWriter:
 
 def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
-
-
-def read_metrics(path: str) -> List[dict]:
-    """Entries of a metrics.jsonl sorted by iteration, one per iteration: later lines for the same
-    iteration (a requeued run repeating it) replace earlier values key by key. A truncated last line
-    (a crash mid-write) is skipped with a warning; any other bad line is an error naming file and line."""
-    merged: Dict[int, dict] = {}
-    with open(path) as f:
-        lines = f.readlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines) and not line.endswith("\n"):
-                logger.warning("%s: ignoring truncated last line %d", path, n)
-                continue
-            raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-        if "iteration" not in entry:
-            raise ValueError(f"{path}:{n}: entry without 'iteration'")
-        merged.setdefault(int(entry["iteration"]), {}).update(entry)
-    return [merged[k] for k in sorted(merged)]

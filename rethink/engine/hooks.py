@@ -5,8 +5,9 @@ import time
 
 import torch
 
+from ..utils.rundir import FINAL_CHECKPOINT, RunDir, checkpoint_name
 from . import comm
-from .events import METRICS_FILE, JSONWriter, TensorboardWriter, format_eta, read_metrics
+from .events import JSONWriter, TensorboardWriter, format_eta
 from .solver import lr_at, set_lr
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,9 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self):
         done, t = self.trainer.completed, self.trainer
         if done >= t.max_iter:
-            self.checkpointer.save("model_final", done, seed=t.cfg.SEED)
+            self.checkpointer.save(FINAL_CHECKPOINT, done, seed=t.cfg.SEED)
         elif (self.period > 0 and done % self.period == 0) or done in self.extra_iters:
-            self.checkpointer.save(f"model_{done:07d}", done, seed=t.cfg.SEED)
+            self.checkpointer.save(checkpoint_name(done), done, seed=t.cfg.SEED)
 
 
 class EvalHook(HookBase):
@@ -89,16 +90,11 @@ class EvalHook(HookBase):
         done = t.start_iter
         if done == 0 or not (done >= t.max_iter or (self.period > 0 and done % self.period == 0)):
             return
-        import os
-
-        path = os.path.join(t.cfg.OUTPUT_DIR, METRICS_FILE)
-        logged = comm.broadcast(any(m["iteration"] == done and any(k.endswith("/AP") for k in m)
-                                    for m in (read_metrics(path) if comm.is_main_process() and os.path.isfile(path)
-                                              else [])))
-        if not logged:
+        run = RunDir(t.cfg.OUTPUT_DIR)
+        if not comm.broadcast(comm.is_main_process() and run.ap_logged_at(done)):
             self._do_eval()
             if comm.is_main_process():
-                JSONWriter(path).write(done, t.storage.scalars_at(done))
+                JSONWriter(run.metrics_file).write(done, t.storage.scalars_at(done))
 
     def _do_eval(self):
         results = self.eval_fn()
@@ -147,11 +143,10 @@ class MetricsWriter(HookBase):
     to TensorBoard, and a console line with losses, lr, s/iter, data time and ETA. Rank 0 only."""
 
     def __init__(self, output_dir: str, period: int = 20, tensorboard: bool = True):
-        import os
-
+        run = RunDir(output_dir)
         self.period = period
-        self.json = JSONWriter(os.path.join(output_dir, METRICS_FILE))
-        self.tb = TensorboardWriter(output_dir) if tensorboard else None
+        self.json = JSONWriter(run.metrics_file)
+        self.tb = TensorboardWriter(run.tensorboard_dir) if tensorboard else None
         self._written = None
 
     def after_step(self):

@@ -16,11 +16,10 @@ Runs are grouped by their settings (:data:`AXES`), read *leniently* from the raw
 keys behind the axes and the schedule are read, anything missing takes detectron2's default (:data:`D2_DEFAULTS`),
 unknown keys are ignored, so a config written by an older or newer rethink, or by detectron2, still plots. What
 cannot be read (a key of the wrong type, a bad or truncated metrics line, an unreadable config) is a warning
-naming the file, never an error; the config is never validated as a training config.
+naming the file, never an error; the config is never validated as a training config. The file names and the
+metrics readers are :mod:`rethink.utils.rundir`'s (:meth:`RunDir.metrics` with ``lenient=True``).
 """
-import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,13 +27,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from ..utils.rundir import CONFIG, DETECTRON2_METRICS, METRICS, RunDir
+
 logger = logging.getLogger(__name__)
 
 #: the settings runs are grouped by; ``source`` (rethink or detectron2) keeps the two apart when both are plotted
 AXES = ("init", "norm", "depth", "train", "schedule", "freeze_at", "source", "seed")
-CONFIG_FILE = "config.yaml"
-RETHINK_METRICS = "metrics.jsonl"
-DETECTRON2_METRICS = "metrics.json"
 #: iterations of the paper's "1x" at 16 images per batch
 UNIT_1X = 90000
 REFERENCE_BATCH = 16
@@ -256,7 +254,7 @@ def _paper_steps(max_iter: int, unit: float) -> List[int]:
             max_iter - min(round(unit * 2 / 9), round(max_iter / 9))]
 
 
-def settings_from_config(raw: dict, path: str = CONFIG_FILE) -> RunSettings:
+def settings_from_config(raw: dict, path: str = CONFIG) -> RunSettings:
     """The axes and the schedule of a run from its config mapping (see the module docstring)."""
     r = _Reader(raw, path)
     weights = r.get("MODEL.WEIGHTS", str)
@@ -314,59 +312,6 @@ def settings_from_config(raw: dict, path: str = CONFIG_FILE) -> RunSettings:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# metrics, leniently
-# --------------------------------------------------------------------------------------------------------------------
-def _finite_or_none(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # detectron2 writes NaN for undefined metrics (e.g. APl without large objects)
-    return value
-
-
-def read_metrics_lenient(path: str, source: str = "rethink", max_iter: Optional[int] = None) -> List[dict]:
-    """Entries of a metrics file, one per iteration, sorted, in completed iterations (see the module docstring).
-
-    Later lines for an iteration (a requeued or resumed run repeating it) replace earlier values key by key.
-    A line that is not a JSON object with an integer ``iteration`` is skipped with a warning naming file and line
-    (a truncated last line is the common case: a run killed mid-write). Non-finite numbers become None.
-    """
-    merged: Dict[int, dict] = {}
-    try:
-        with open(path, errors="replace") as f:
-            lines = f.readlines()
-    except OSError as e:
-        logger.warning("%s: cannot read metrics (%s)", path, e)
-        return []
-    skipped = 0
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            skipped += 1
-            if n == len(lines) and not line.endswith("\n"):
-                logger.warning("%s:%d: ignoring truncated last line (%s)", path, n, e)
-            else:
-                logger.warning("%s:%d: ignoring a line that is not JSON (%s)", path, n, e)
-            continue
-        it = entry.get("iteration") if isinstance(entry, dict) else None
-        if isinstance(it, float) and it.is_integer():
-            it = int(it)
-        if not isinstance(it, int) or isinstance(it, bool):
-            skipped += 1
-            logger.warning("%s:%d: ignoring an entry without an integer 'iteration'", path, n)
-            continue
-        if source == "detectron2" and (max_iter is None or it < max_iter):
-            it += 1
-        entry = {k: _finite_or_none(v) for k, v in entry.items()}
-        entry["iteration"] = it
-        merged.setdefault(it, {}).update(entry)
-    if skipped:
-        logger.warning("%s: %d of %d lines skipped", path, skipped, len(lines))
-    return [merged[k] for k in sorted(merged)]
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # finding runs
 # --------------------------------------------------------------------------------------------------------------------
 def find_runs(paths: List[str]) -> List[Run]:
@@ -378,32 +323,28 @@ def find_runs(paths: List[str]) -> List[Run]:
             raise FileNotFoundError(f"{p}: no such directory")
         for root, dirs, files in os.walk(p):
             dirs.sort()
-            if CONFIG_FILE in files:
+            if CONFIG in files:
                 run = load_run(root)
                 if run is not None:
                     found.append(run)
     if not found:
-        raise FileNotFoundError(f"no readable runs (directories with {CONFIG_FILE}) under {', '.join(paths)}")
+        raise FileNotFoundError(f"no readable runs (directories with {CONFIG}) under {', '.join(paths)}")
     return found
 
 
 def load_run(path: str) -> Optional[Run]:
     """The run in directory ``path`` (rethink or detectron2 layout), or None (with a warning) when its config.yaml
     cannot be read."""
-    config_path = os.path.join(path, CONFIG_FILE)
+    run = RunDir(path)
+    config_path = run.config_file
     try:
         raw = read_config_yaml(config_path)
     except (OSError, ValueError) as e:
         logger.warning("skipping run %s: %s", path, e)
         return None
     settings = settings_from_config(raw, config_path)
-    if os.path.isfile(os.path.join(path, RETHINK_METRICS)):
-        source, metrics_path = "rethink", os.path.join(path, RETHINK_METRICS)
-    elif os.path.isfile(os.path.join(path, DETECTRON2_METRICS)):
-        source, metrics_path = "detectron2", os.path.join(path, DETECTRON2_METRICS)
-    else:
-        source, metrics_path = "rethink", None
-    metrics = read_metrics_lenient(metrics_path, source, settings.max_iter) if metrics_path else []
+    source = run.metrics_source() or "rethink"
+    metrics = run.metrics(lenient=True, max_iter=settings.max_iter)
     if not metrics:
-        logger.warning("%s: no metrics yet (%s or %s)", path, RETHINK_METRICS, DETECTRON2_METRICS)
+        logger.warning("%s: no metrics yet (%s or %s)", path, METRICS, DETECTRON2_METRICS)
     return Run(path, settings, metrics, source, raw)

@@ -3,18 +3,20 @@ import logging
 import os
 import sys
 
+from .rundir import RunDir
+
 
 def setup_logging(output_dir: str = None, rank: int = 0) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_rethink", False):
             root.removeHandler(h)
-    fmt = logging.Formatter("[%(asctime)s %(name)s%(rank)s] %(message)s".replace("%(rank)s", f" r{rank}" if rank else ""),
-                            datefmt="%m/%d %H:%M:%S")
+    tag = f" r{rank}" if rank else ""
+    fmt = logging.Formatter(f"[%(asctime)s %(name)s{tag}] %(message)s", datefmt="%m/%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt" if rank == 0 else f"log.txt.rank{rank}")))
+        handlers.append(logging.FileHandler(RunDir(output_dir).log_file(rank)))
     for h in handlers:
         h.setFormatter(fmt)
         h.setLevel(logging.INFO if rank == 0 else logging.WARNING)
