@@ -39,6 +39,23 @@ def broadcast(obj, src: int = 0):
     return box[0]
 
 
+def all_true(flag: torch.Tensor) -> bool:
+    """True when `flag` (a boolean scalar tensor) is true on every rank: one reduction, one sync."""
+    flag = flag.to(torch.int32)
+    if get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def reduce_mean_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor of the same shape on every rank."""
+    t = t.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= get_world_size()
+    return t
+
+
 def reduce_mean(values: dict) -> dict:
     """Mean over ranks of a dict of scalar tensors (same keys on every rank), as python floats."""
     keys = sorted(values)

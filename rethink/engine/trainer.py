@@ -13,18 +13,17 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from ..modeling import build_model
-from ..modeling.norm import to_torch_syncbn
 from . import comm
 from .checkpoint import Checkpointer, unwrap
 from .hooks import EvalHook, IterationTimer, LRScheduler, MetricsWriter, PeriodicCheckpointer, PreciseBN
 from .solver import build_optimizer, clip_gradients
 from .train_loop import LOG_PERIOD, TrainerBase
+from .worker import create_ddp_model, rank_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +48,11 @@ class Trainer(TrainerBase):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.device = torch.device(cfg.MODEL.DEVICE)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())  # set per rank by launch
+        self.device = rank_device(cfg.MODEL.DEVICE)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         torch.manual_seed(cfg.SEED)  # the initial weights depend on SEED alone (same on every rank)
-        model = build_model(cfg).to(self.device)
-        if self.world_size > 1 and self.device.type == "cuda":
-            model = to_torch_syncbn(model)  # NCCL SyncBN; ours all-reduces over gloo on CPU
-        self.optimizer = build_optimizer(cfg, model)
-        if self.world_size > 1:
-            ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-        self.model = model
+        self.model = model = create_ddp_model(build_model(cfg).to(self.device), self.device)
+        self.optimizer = build_optimizer(cfg, unwrap(model))
         self.amp = cfg.SOLVER.AMP.ENABLED and self.device.type == "cuda"
         if cfg.SOLVER.AMP.ENABLED and not self.amp:
             logger.warning("SOLVER.AMP.ENABLED is set but the device is %s: training in float32", self.device)
@@ -71,6 +62,7 @@ class Trainer(TrainerBase):
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, self.optimizer, save_to_disk=comm.is_main_process(),
                                          scaler=self.scaler)
         self.max_iter = cfg.SOLVER.MAX_ITER
+        self._pending_losses: List[Dict[str, torch.Tensor]] = []
 
     def resume_or_load(self, resume: bool = True) -> int:
         self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume)
@@ -114,27 +106,40 @@ class Trainer(TrainerBase):
         with autocast:
             loss_dict = self.model(list(images), list(targets))
         losses = sum(loss_dict.values())
-        reduced = comm.reduce_mean(loss_dict)  # the same values on every rank: all stop together
-        total = sum(reduced.values())
-        if not np.isfinite(total):
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in reduced.items())
-            raise FloatingPointError(f"Loss became non-finite at iteration {self.iter + 1}: {terms}. "
-                                     f"The last good checkpoint in {self.cfg.OUTPUT_DIR} is kept.")
+        # no CPU-GPU sync between forward and backward: the losses are reduced for logging only every
+        # LOG_PERIOD steps, and the finiteness check is one reduced flag after backward, before the update
         self.optimizer.zero_grad(set_to_none=True)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        (self.scaler.scale(losses) if self.scaler is not None else losses).backward()
+        if not comm.all_true(torch.isfinite(losses.detach())):  # every rank stops at the same step
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(loss_dict).items())
+            raise FloatingPointError(f"Loss became non-finite at iteration {self.iter + 1}: {terms}. "
+                                     f"The last good checkpoint in {self.cfg.OUTPUT_DIR} is kept.")
         if self.scaler is not None:
-            self.scaler.scale(losses).backward()
             self.scaler.unscale_(self.optimizer)
             clip_gradients(self.cfg, params)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            losses.backward()
             clip_gradients(self.cfg, params)
             self.optimizer.step()
-        self.storage.put_scalars(total_loss=total, **reduced)
+        self._pending_losses.append({k: v.detach() for k, v in loss_dict.items()})
+        if self._log_due(self.completed):
+            self._put_losses()
         self.storage.put_scalar("data_time", data_time)
         self.storage.put_scalar("world_size", self.world_size, smoothing=False)
+
+    def _log_due(self, done: int) -> bool:
+        eval_period = self.cfg.TEST.EVAL_PERIOD
+        return done % LOG_PERIOD == 0 or done >= self.max_iter or (eval_period > 0 and done % eval_period == 0)
+
+    def _put_losses(self) -> None:
+        """The losses of the steps since the last log, averaged over ranks in one reduction."""
+        keys = sorted(self._pending_losses[0])
+        stacked = torch.stack([torch.stack([d[k].float() for k in keys]) for d in self._pending_losses])
+        for row in comm.reduce_mean_tensor(stacked).tolist():
+            self.storage.put_scalars(total_loss=sum(row), **dict(zip(keys, row)))
+        self._pending_losses = []
 
     def test(self) -> Dict[str, Dict[str, Dict[str, float]]]:
         """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0."""
