@@ -170,3 +170,14 @@ def test_precise_bn_recomputes_statistics_only(tmp_path):
     stats = [k for k in a if k.endswith("running_var")]
     assert stats and all(torch.equal(a[k], b[k]) for k in params)
     assert sum(not torch.allclose(a[k], b[k]) for k in stats) > len(stats) // 2
+
+
+def test_start_up_logs_the_resolved_schedule(tmp_path, caplog):
+    """IMS_PER_BATCH 2 with MAX_ITER 6 on a config written for 16 images trains 48 iterations: said."""
+    caplog.set_level("INFO", logger="rethink.engine.defaults")
+    cfg = load_run_config(str(CONFIGS / "scratch_gn_r50.yaml"),
+                          ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6", "OUTPUT_DIR", str(tmp_path)])
+    assert cfg.SOLVER.MAX_ITER == 48
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("schedule:")]
+    assert lines == ["schedule: batch 2 (reference 16: LR x0.125, iteration counts x8), LR 0.0025, MAX_ITER 48, "
+                     "STEPS (32, 40), warm-up 8000, no periodic eval, checkpoint every 40000"]

@@ -63,6 +63,8 @@ def test_dry_run_cli_prints_table_and_submits_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "fz5_2x_s0" in r.stdout and "1x4" in r.stdout and "6 runs in one job array" in r.stdout
     assert not (tmp_path / "freeze").exists()
+    # the resolved schedule of every run, in one line each
+    assert "fz5_2x_s0  schedule: batch 16 (not scaled), LR 0.02, MAX_ITER 180000 = 2x of 90000" in r.stdout
 
 
 def test_slurm_without_sbatch_is_a_clear_error(tmp_path):

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from ..config import load_config
+from ..config import describe_schedule, load_config
 from .branches import plan_forks
 from .resources import Resources
 
@@ -62,6 +62,7 @@ class RunSpec:
     seed: int = -1
     fork_from: Optional[dict] = None  # {"trunk": run name, "trunk_dir": ..., "iteration": k}
     checkpoint_iters: List[int] = field(default_factory=list)
+    schedule: str = ""  # the resolved schedule in one line (rethink.config.describe_schedule)
 
     def gpu_hours(self, res: Resources) -> float:
         spi = res.sec_per_iter or SEC_PER_ITER.get(self.depth, 0.4)
@@ -163,12 +164,13 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
         names.add(run_name)
         output_dir = os.path.join(root, name) if spec.get("single") else os.path.join(root, name, run_name)
         try:
-            cfg = load_config(config, overrides + ["OUTPUT_DIR", output_dir])
+            resolution = {}
+            cfg = load_config(config, overrides + ["OUTPUT_DIR", output_dir], resolution=resolution)
         except Exception as e:
             raise SweepError(f"{source}: run {run_name}: {e}") from None
         runs.append(RunSpec(run_name, config, overrides, output_dir, values, cfg.SOLVER.MAX_ITER,
                             cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.RESNETS.DEPTH, tuple(cfg.SOLVER.STEPS),
-                            cfg.SOLVER.WARMUP_ITERS, cfg.SEED))
+                            cfg.SOLVER.WARMUP_ITERS, cfg.SEED, schedule=describe_schedule(cfg, resolution)))
     if spec.get("fork_schedules"):
         try:
             plan_forks(runs)
@@ -194,6 +196,8 @@ def plan_table(sweep: Sweep) -> str:
     fork = fork_summary(sweep)
     if fork:
         lines.append(fork)
+    width = max(len(r.name) for r in sweep.runs)
+    lines += [f"{r.name.ljust(width)}  {r.schedule}" for r in sweep.runs]
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import torch
 
-from ..config import load_config
+from ..config import describe_schedule, load_config
 from ..data import get_dataset_spec
 from ..modeling import build_model
 from ..utils.atomic import atomic_write_text
@@ -57,8 +57,9 @@ def run_name(config_path: str, overrides) -> str:
 def load_run_config(config_path: str, overrides, resume: bool = False):
     """Resolved config of a run: OUTPUT_DIR defaults to output/<run name>, SEED < 0 is drawn once
     (or taken from the run's saved config.yaml when resuming)."""
-    origins = {}
-    cfg = load_config(config_path, overrides, freeze=False, origins=origins)
+    origins, resolution = {}, {}
+    cfg = load_config(config_path, overrides, freeze=False, origins=origins, resolution=resolution)
+    logger.info("%s", describe_schedule(cfg, resolution))
     if "OUTPUT_DIR" not in origins:
         cfg.OUTPUT_DIR = os.path.join("output", run_name(config_path, list(overrides)))
     saved = RunDir(cfg.OUTPUT_DIR).config_file
