@@ -146,3 +146,20 @@ def test_log_file_of_each_rank(tmp_path):
             h.close()
     run = RunDir(tmp_path)
     assert "rank zero" in open(run.log_file()).read() and "rank one" in open(run.log_file(1)).read()
+
+
+def test_checkpoint_retention_keeps_the_newest_and_the_fork_points(tmp_path):
+    """SOLVER.CHECKPOINT_KEEP: each periodic save removes the older ones beyond the newest N, but
+    never a fork point (SOLVER.CHECKPOINT_ITERS) nor model_final; 0 keeps all."""
+    model = torch.nn.Linear(2, 2)
+    ckpt = Checkpointer(model, str(tmp_path), keep=2, protected=(30,))
+    for k in (10, 20, 30, 40, 50, 60):
+        ckpt.save(checkpoint_name(k), k)
+    ckpt.save(FINAL_CHECKPOINT, 70)
+    run = RunDir(str(tmp_path))
+    assert [k for k, _ in run.checkpoints()] == [30, 50, 60]
+    assert os.path.isfile(run.final_checkpoint) and run.last_checkpoint() == run.final_checkpoint
+    keep_all = Checkpointer(model, str(tmp_path / "all"))
+    for k in (10, 20, 30):
+        keep_all.save(checkpoint_name(k), k)
+    assert [k for k, _ in RunDir(str(tmp_path / "all")).checkpoints()] == [10, 20, 30]

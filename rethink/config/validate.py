@@ -58,6 +58,7 @@ IMPLEMENTED = (
     "SOLVER.WARMUP_METHOD", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH", "SOLVER.BIAS_LR_FACTOR",
     "SOLVER.WEIGHT_DECAY_BIAS", "SOLVER.CLIP_GRADIENTS", "SOLVER.AMP",
     "SOLVER.SCHEDULE", "SOLVER.SCHEDULE_UNIT", "SOLVER.REFERENCE_IMS_PER_BATCH", "SOLVER.CHECKPOINT_ITERS",
+    "SOLVER.CHECKPOINT_KEEP",
     # evaluation
     "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN", "TEST.EVALUATOR",
     # run set-up (CUDNN_BENCHMARK, FLOAT32_PRECISION: rethink.engine.defaults.setup_torch_backends)
@@ -234,6 +235,8 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
     s = cfg.SOLVER
     if s.IMS_PER_BATCH < 1:
         fail("SOLVER.IMS_PER_BATCH", "must be positive")
+    if s.CHECKPOINT_KEEP < 0:
+        fail("SOLVER.CHECKPOINT_KEEP", "must be >= 0 (0 keeps every checkpoint)")
     if s.MAX_ITER < 1:
         fail("SOLVER.MAX_ITER", "must be positive")
     if list(s.STEPS) != sorted(s.STEPS) or any(x <= 0 or x >= s.MAX_ITER for x in s.STEPS):

@@ -6,6 +6,7 @@ A checkpoint holds the model (without DDP's "module." prefix), the optimizer, th
 completed iterations, the seed, and the RNG states of this rank.
 """
 import logging
+import os
 import random
 from typing import Optional
 
@@ -43,9 +44,15 @@ def set_rng_state(state: dict) -> None:
 
 
 class Checkpointer:
-    def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True, scaler=None):
+    """Saves and loads the run's checkpoints. With `keep` > 0, each periodic save removes the older
+    periodic checkpoints beyond the newest `keep`, except those at `protected` iterations (the fork
+    points that shorter schedules branch from, SOLVER.CHECKPOINT_ITERS); the final one is never removed."""
+
+    def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True, scaler=None,
+                 keep: int = 0, protected=()):
         self.model, self.optimizer, self.output_dir, self.save_to_disk = model, optimizer, output_dir, save_to_disk
         self.scaler = scaler  # AMP GradScaler: its scale must survive a resume too
+        self.keep, self.protected = int(keep), {int(k) for k in protected}
         self.run = RunDir(output_dir)
 
     def path(self, name: str) -> str:
@@ -65,7 +72,17 @@ class Checkpointer:
         atomic_torch_save(data, path)
         self.run.set_last_checkpoint(path)
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
+        if self.keep > 0:
+            self._prune(path)
         return path
+
+    def _prune(self, newest: str) -> None:
+        """Remove periodic checkpoints beyond the newest `keep` (fork points and `newest` stay)."""
+        periodic = [(k, p) for k, p in self.run.checkpoints() if k not in self.protected]
+        for k, p in periodic[:-self.keep]:
+            if p != newest:
+                os.remove(p)
+                logger.info("Removed checkpoint %s (SOLVER.CHECKPOINT_KEEP %d)", p, self.keep)
 
     def last_checkpoint(self) -> Optional[str]:
         """The checkpoint a resume starts from (None when there is none); see RunDir.last_checkpoint."""

@@ -60,7 +60,8 @@ class Trainer(TrainerBase):
         # float16 needs its losses scaled; bfloat16 has float32's exponent range and does not
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == torch.float16 else None
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, self.optimizer, save_to_disk=comm.is_main_process(),
-                                         scaler=self.scaler)
+                                         scaler=self.scaler, keep=cfg.SOLVER.CHECKPOINT_KEEP,
+                                         protected=cfg.SOLVER.CHECKPOINT_ITERS)
         self.max_iter = cfg.SOLVER.MAX_ITER
         self._pending_losses: List[Dict[str, torch.Tensor]] = []
 
