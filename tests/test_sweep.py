@@ -128,3 +128,14 @@ def test_local_cluster_runs_a_sweep_without_slurm(tmp_path):
     out = subprocess.run([sys.executable, "launch/status.py", str(tmp_path / "loc")], cwd=ROOT, capture_output=True,
                          text=True, timeout=120).stdout
     assert out.count(" done ") == 2, out
+
+
+def test_cluster_defaults_fit_a_64_core_node_and_a_24h_partition():
+    from rethink.cluster.jobs import master_port
+    from rethink.cluster.resources import Resources, parse_time
+
+    res = Resources()
+    assert res.cpus_per_task * res.gpus_per_node <= 64 and parse_time(res.time) <= 24 * 60
+    ports = {master_port(str(job)) for job in range(5000)}
+    assert min(ports) >= 20000 and max(ports) < 32768  # below the ephemeral range 32768-60999
+    assert len(ports) > 3000

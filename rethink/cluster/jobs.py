@@ -44,8 +44,9 @@ def master_address(hostname: str) -> str:
 
 
 def master_port(job_id: str) -> int:
-    """A port from the job id (array tasks have distinct ids), so jobs sharing a node don't collide."""
-    return 20000 + zlib.crc32(str(job_id).encode()) % 20000
+    """A port from the job id (array tasks have distinct ids), so jobs sharing a node don't collide;
+    in 20000-31999, below Linux's ephemeral range (32768-60999) where outgoing connections take theirs."""
+    return 20000 + zlib.crc32(str(job_id).encode()) % 12000
 
 
 def set_dist_env_from_submitit() -> dict:

@@ -15,8 +15,8 @@ class Resources:
 
     nodes: int = 1
     gpus_per_node: int = 8  # ranks per node; GPUs are requested only for MODEL.DEVICE cuda
-    cpus_per_task: int = 10
-    time: str = "72:00:00"  # [D-]HH:MM:SS or minutes
+    cpus_per_task: int = 8  # x gpus_per_node tasks: 64 CPUs, what a common 8-GPU node has
+    time: str = "24:00:00"  # [D-]HH:MM:SS or minutes; longer runs go on through requeues (max_num_timeout)
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
