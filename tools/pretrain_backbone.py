@@ -35,6 +35,8 @@ Writes FILE.pth, a plain torchvision-named ResNet state dict (conv1.weight, bn1.
 ..., fc.*), which MODEL.WEIGHTS reads as torchvision format (fc dropped), and FILE.json (architecture,
 norm, classes, input format / mean / std, schedule, per-epoch loss and top-1, final val top-1, and the
 detector KEY VALUE overrides matching this body). Only rank 0 writes; both files are written atomically.
+FILE.logs/ holds log.txt, metrics.jsonl (loss, top1, lr, s/iter every --log-period iterations; train and
+val loss / top-1 at every epoch end) and TensorBoard events, as a detector run directory does.
 
 While training, FILE.state.pth (weights, optimizer, epoch / iteration = LR-schedule position, history,
 settings; loads with torch.load(weights_only=True)) is rewritten atomically at the end of every epoch

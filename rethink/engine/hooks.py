@@ -51,10 +51,15 @@ class IterationTimer(HookBase):
 
 
 class LRScheduler(HookBase):
-    """Sets the LR of each step from the iteration alone (warm-up, then x GAMMA at each STEP)."""
+    """Sets the LR of each step from the iteration alone: `lr_fn(iteration)` if given, else the
+    config's schedule (`lr_at(trainer.cfg, iteration)`: warm-up, then x GAMMA at each STEP)."""
+
+    def __init__(self, lr_fn=None):
+        self.lr_fn = lr_fn
 
     def before_step(self):
-        lr = lr_at(self.trainer.cfg, self.trainer.iter)
+        it = self.trainer.iter
+        lr = self.lr_fn(it) if self.lr_fn is not None else lr_at(self.trainer.cfg, it)
         set_lr(self.trainer.optimizer, lr)
         self.trainer.storage.put_scalar("lr", lr, smoothing=False)
 

@@ -6,15 +6,31 @@ subclass (the detection trainer, the classification pre-trainer).
     trainer.train(start_iter, max_iter)
 
 `trainer.iter` is the 0-based index of the step being run; `trainer.completed` the number of
-iterations done after it (what checkpoints, metrics and schedules count).
+iterations done after it (what checkpoints, metrics and schedules count). `check_finite` is the
+step's loss check, after backward and before the update.
 """
 import logging
-from typing import List
+from typing import Dict, List
 
+import torch
+
+from . import comm
 from .events import EventStorage
 
 logger = logging.getLogger(__name__)
 LOG_PERIOD = 20
+
+
+def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = "") -> None:
+    """Raise FloatingPointError on every rank when the losses of the step that completes `iteration`
+    are NaN or inf on any rank: one reduced flag (one sync, no reduction of the losses themselves),
+    then, only to name the terms in the message, their means over the ranks. `note` ends the message
+    (what is kept, what to try). Call it on every rank, after backward and before the update."""
+    finite = torch.isfinite(sum(v.detach().float() for v in losses.values()))
+    if comm.reduce_mean({"finite": finite})["finite"] == 1.0:
+        return
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(losses).items())
+    raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms}. {note}".rstrip())
 
 
 class TrainerBase:
