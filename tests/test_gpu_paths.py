@@ -86,3 +86,17 @@ def test_anchors_and_decoding_stay_float32_under_autocast():
     assert anchors[:, 2].max() > 1300  # coordinates where bf16 / fp16 would round
     assert all(t.dtype == torch.float32 for t in logits + deltas)
     assert scores.dtype == box_deltas.dtype == masks.dtype == torch.float32
+
+
+def test_metrics_without_tensorboard_installed(tmp_path, monkeypatch, caplog):
+    """A bare GPU image may lack the tensorboard package: training still writes metrics.jsonl."""
+    import sys
+
+    from rethink.engine.events import TensorboardWriter
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    writer = TensorboardWriter(str(tmp_path))
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    assert writer.writer is None and "No TensorBoard events" in caplog.text
+    assert list(tmp_path.iterdir()) == []

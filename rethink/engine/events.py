@@ -68,18 +68,28 @@ class JSONWriter:
 
 
 class TensorboardWriter:
-    def __init__(self, log_dir: str):
-        from torch.utils.tensorboard import SummaryWriter
+    """TensorBoard events beside metrics.jsonl; without the `tensorboard` package (a bare GPU image,
+    say) it says so once and writes nothing: metrics.jsonl holds the same scalars."""
 
-        self.writer = SummaryWriter(log_dir)
+    def __init__(self, log_dir: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional: imports the tensorboard package
+        except ImportError as e:
+            logger.warning("No TensorBoard events (%s); metrics.jsonl has every scalar", e)
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(log_dir)
 
     def write(self, iteration: int, scalars: Dict[str, float]) -> None:
+        if self.writer is None:
+            return
         for k, v in scalars.items():
             self.writer.add_scalar(k, v, iteration)
         self.writer.flush()
 
     def close(self):
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def format_eta(seconds: float) -> str:

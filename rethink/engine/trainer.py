@@ -8,11 +8,13 @@ SOLVER.MAX_ITER, so a run resumed or forked at iteration k continues exactly as 
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Dict, List
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
@@ -164,19 +166,24 @@ class _BNForward(torch.nn.Module):
 
 
 def inference_on_dataset(model, loader, evaluator, device) -> dict:
-    """Run `model` over this rank's shard of `loader`, feed `evaluator`, return its results."""
-    from tqdm import tqdm
-
+    """Run `model` over this rank's shard of `loader`, feed `evaluator`, return its results. Masks are
+    pasted on the device; their RLE encoding (evaluator.process) runs in a thread, overlapped with the
+    next images' inference. A progress bar on rank 0."""
     was_training = model.training
     model.eval()
     evaluator.reset()
+    pending = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco-encode") as encoder:
             for batch in tqdm(loader, desc="inference", disable=not comm.is_main_process(), mininterval=10):
                 images = [s["image"].to(device, non_blocking=True) for s in batch]
                 outputs = model(images, output_sizes=[(s["height"], s["width"]) for s in batch])
                 outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]  # masks: pasted, bool
-                evaluator.process([s["image_id"] for s in batch], outputs)
+                pending.append(encoder.submit(evaluator.process, [s["image_id"] for s in batch], outputs))
+                if len(pending) > 4:  # bounded: at most a few images' masks wait in memory
+                    pending.pop(0).result()
+            for p in pending:
+                p.result()  # re-raises an encoding error here
     finally:
         model.train(was_training)
     return evaluator.evaluate()
