@@ -42,8 +42,9 @@ def overrides(args, out_dir, **extra):
             "INPUT.MAX_SIZE_TEST", "1333"]
     if args.tiny:  # the demo's tiny detector (configs/demo/scratch_gn_r18_tiny.yaml) at its 128-256 px
         size = []
-    o = size + ["MODEL.DEVICE", args.device, "MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATASETS.TRAIN", "('coco_2017_train',)",
-                "DATASETS.TEST", "('coco_2017_val',)", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "0",
+    o = size + ["MODEL.DEVICE", args.device, "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+                "DATASETS.TRAIN", "('coco_2017_train',)", "DATASETS.TEST", "('coco_2017_val',)",
+                "SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "0",
                 "SOLVER.BASE_LR", "0.002", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", str(args.workers),
                 "TEST.EVAL_PERIOD", "0", "SEED", "0", "OUTPUT_DIR", out_dir]
     for k, v in extra.items():
@@ -82,7 +83,8 @@ def signal_check(args, config, out_dir, env):
     """tools/train.py with periodic checkpoints; SIGUSR2 once it has passed `stop_at`; then --resume."""
     iters, period, stop_at = (12, 4, 6) if args.tiny else (60, 20, 30)
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", config, "{resume}",
-           *overrides(args, out_dir, SOLVER__MAX_ITER=iters, SOLVER__CHECKPOINT_PERIOD=period, SOLVER__STEPS=(iters - 1,))]
+           *overrides(args, out_dir, SOLVER__MAX_ITER=iters, SOLVER__CHECKPOINT_PERIOD=period,
+                      SOLVER__STEPS=(iters - 1,))]
     first, again = [c for c in cmd if c != "{resume}"], [c if c != "{resume}" else "--resume" for c in cmd]
     proc = subprocess.Popen(first, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(out_dir, "metrics.jsonl")

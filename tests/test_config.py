@@ -38,7 +38,8 @@ def test_detectron2_defaults_of_base_rcnn_fpn():
 
 
 def test_unknown_key_in_file_names_key_and_file(tmp_path):
-    path = _write(tmp_path, "bad.yaml", {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"RESNET": {"DEPTH": 50}}})
+    path = _write(tmp_path, "bad.yaml",
+                  {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"RESNET": {"DEPTH": 50}}})
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert "unknown config key MODEL.RESNET" in str(e.value) and "bad.yaml" in str(e.value)
@@ -61,13 +62,15 @@ def test_unknown_key_on_command_line():
 def test_bad_value_type_names_key_and_source(tmp_path):
     with pytest.raises(ConfigError, match=r"command line: bad value 'abc' for SOLVER\.MAX_ITER"):
         load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.MAX_ITER", "abc"])
-    path = _write(tmp_path, "t.yaml", {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "SOLVER": {"IMS_PER_BATCH": "many"}})
+    path = _write(tmp_path, "t.yaml",
+                  {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "SOLVER": {"IMS_PER_BATCH": "many"}})
     with pytest.raises(ConfigError, match=r"t\.yaml: .*SOLVER\.IMS_PER_BATCH"):
         load_config(path)
 
 
 def test_unsupported_value_names_key_and_file(tmp_path):
-    path = _write(tmp_path, "n.yaml", {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"FPN": {"NORM": "LN"}}})
+    path = _write(tmp_path, "n.yaml",
+                  {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"FPN": {"NORM": "LN"}}})
     with pytest.raises(ConfigError, match=r"n\.yaml: MODEL\.FPN\.NORM = 'LN': must be one of"):
         load_config(path)
     with pytest.raises(ConfigError, match=r"command line: SOLVER\.SCHEDULE"):
@@ -208,9 +211,11 @@ def test_errors_say_where_a_value_came_from(tmp_path):
     with pytest.raises(ConfigError, match=r"^\(resolved from SOLVER\.SCHEDULE .*\): SOLVER\.STEPS"):
         load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.SCHEDULE", "0.00001x"])
     # a value set in a _BASE_ file: that file
-    base = _write(tmp_path, "base.yaml", {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"FPN": {"FUSE_TYPE": "avg"}}})
+    base = _write(tmp_path, "base.yaml",
+                  {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "MODEL": {"FPN": {"FUSE_TYPE": "avg"}}})
     top = _write(tmp_path, "top.yaml", {"_BASE_": "base.yaml", "SOLVER": {"BASE_LR": 0.01}})
-    with pytest.raises(ConfigError, match=r"base\.yaml: MODEL\.FPN\.FUSE_TYPE = 'avg': .*only detectron2's default 'sum'"):
+    with pytest.raises(ConfigError,
+                       match=r"base\.yaml: MODEL\.FPN\.FUSE_TYPE = 'avg': .*only detectron2's default 'sum'"):
         load_config(top)
     assert os.path.exists(base)
 

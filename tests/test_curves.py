@@ -72,7 +72,8 @@ def test_curves_csv_values_with_seeds_and_requeue(tmp_path):
     assert float(s200["box_ap_mean"]) == pytest.approx(22.0) and float(s200["box_ap_min"]) == 20.0
     assert float(s200["box_ap_max"]) == 24.0 and float(s200["mask_ap_mean"]) == pytest.approx(19.5)
     assert int(s200["n_seeds"]) == 2 and float(s200["x_1x"]) == 2.0
-    assert float(by[("pretrained freeze_at=2", 160)]["box_ap_mean"]) == 31.0 and int(by[("pretrained freeze_at=2", 160)]["n_seeds"]) == 1
+    row = by[("pretrained freeze_at=2", 160)]
+    assert float(row["box_ap_mean"]) == 31.0 and int(row["n_seeds"]) == 1
     assert sorted({r["group"] for r in rows}) == ["pretrained freeze_at=2", "scratch freeze_at=0"]  # varying axes only
     assert len(rows) == 5
 

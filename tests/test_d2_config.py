@@ -80,7 +80,8 @@ def test_unimplemented_value_on_top_of_detectron2_dump(key, value):
 def test_unimplemented_value_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "retina.yaml"
     path.write_text(f"_BASE_: {BASE}\nMODEL:\n  RETINANET:\n    NUM_CONVS: 2\n")
-    with pytest.raises(ConfigError, match=r"retina\.yaml: MODEL\.RETINANET\.NUM_CONVS = 2: RetinaNet is not implemented"):
+    with pytest.raises(ConfigError,
+                       match=r"retina\.yaml: MODEL\.RETINANET\.NUM_CONVS = 2: RetinaNet is not implemented"):
         load_config(path)
 
 

@@ -21,7 +21,8 @@ from .slurm import slurm_cluster  # noqa: F401
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("isolated_cache")]
 TINY = str(CONFIGS / "demo" / "scratch_gn_r18_tiny.yaml")
 SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "12",
-         "SOLVER.STEPS", "(8, 10)", "SOLVER.WARMUP_ITERS", "4", "SOLVER.CHECKPOINT_PERIOD", "6", "TEST.EVAL_PERIOD", "6"]
+         "SOLVER.STEPS", "(8, 10)", "SOLVER.WARMUP_ITERS", "4", "SOLVER.CHECKPOINT_PERIOD", "6",
+         "TEST.EVAL_PERIOD", "6"]
 
 
 def resources(cluster, **kw):
@@ -51,7 +52,8 @@ def test_sweep_of_four_runs_as_one_array(slurm_cluster, tmp_path):
     assert len({j.split("_")[0] for j in ids.values()}) == 1  # one job array
     for name in ids:
         d = tmp_path / "four" / name
-        assert (d / "config.yaml").is_file() and (d / "model_0000006.pth").is_file() and (d / "model_final.pth").is_file()
+        for name in ("config.yaml", "model_0000006.pth", "model_final.pth"):
+            assert (d / name).is_file(), name
         m = read_metrics(str(d / "metrics.jsonl"))
         assert [x["iteration"] for x in m if "bbox/AP" in x] == [6, 12] and "segm/AP" in m[-1]
     status = subprocess.run([sys.executable, "launch/status.py", str(tmp_path / "four")], cwd=ROOT,
@@ -119,8 +121,8 @@ def test_status_shows_done_and_failed(slurm_cluster, tmp_path):
 
 def test_forked_sweep_of_three_schedules(slurm_cluster, tmp_path):
     spec = {"name": "forked", "root": str(tmp_path), "config": TINY, "fork_schedules": True,
-            "overrides": ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.SCHEDULE_UNIT", "6",
-                          "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "4",
+            "overrides": ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2",
+                          "SOLVER.SCHEDULE_UNIT", "6", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "4",
                           "SEED", "3"],
             "axes": {"schedule": ["2x", "3x", "4x"]}, "resources": resources(slurm_cluster)}
     sweep = expand(spec)

@@ -82,4 +82,5 @@ def test_to_torch_syncbn_keeps_state_and_leaves_other_norms():
     out = to_torch_syncbn(model)
     assert type(out[0]) is nn.SyncBatchNorm and type(out[1][1]) is nn.SyncBatchNorm
     assert type(out[1][0]) is nn.BatchNorm2d
-    assert torch.equal(out[0].running_mean, torch.full((4,), 3.0)) and torch.equal(out[1][1].weight, torch.full((4,), 2.0))
+    assert torch.equal(out[0].running_mean, torch.full((4,), 3.0))
+    assert torch.equal(out[1][1].weight, torch.full((4,), 2.0))

@@ -55,7 +55,8 @@ def _merge_file(cfg: CfgNode, path: str, origins: Dict[str, str], chain=()) -> N
         bases = [base] if isinstance(base, str) else list(base)
         for b in bases:
             b = os.path.expanduser(b)
-            _merge_file(cfg, b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b), origins, chain + (path,))
+            b = b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b)
+            _merge_file(cfg, b, origins, chain + (path,))
     keys = list(_leaf_keys(data, cfg, "", path))
     try:
         cfg.merge_from_other_cfg(CfgNode(data))

@@ -11,7 +11,8 @@ def parse_schedule(text: str) -> float:
     """'6x' -> 6.0, '0.5x' -> 0.5. Raises ValueError on anything else."""
     m = _SCHEDULE_RE.match(str(text))
     if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"SOLVER.SCHEDULE must look like '6x' or '0.5x' (a positive multiple of SCHEDULE_UNIT), got {text!r}")
+        raise ValueError(f"SOLVER.SCHEDULE must look like '6x' or '0.5x' (a positive multiple of SCHEDULE_UNIT), "
+                         f"got {text!r}")
     return float(m.group(1))
 
 

@@ -170,7 +170,7 @@ def _build_arrays(data, json_file: str):
                 raise DatasetError(f"{json_file}: image id {im['id']}: '{k}' must be a positive integer, "
                                    f"got {im.get(k)!r}")
     images = sorted(images, key=lambda im: im["id"])
-    I = len(images)
+    I = len(images)  # noqa: E741 - the number of images, as in the docstring
     image_id = np.fromiter((im["id"] for im in images), dtype=np.int64, count=I)
     if I > 1 and np.any(image_id[1:] == image_id[:-1]):
         dup = int(image_id[1:][image_id[1:] == image_id[:-1]][0])

@@ -432,7 +432,8 @@ class COCOEvaluator:
         backend: ``"hotcoco"`` (default), ``"pycocotools"`` or ``"faster_coco_eval"``; all give the same numbers.
         tasks: subset of ``("bbox", "segm")``.
         gather: for a distributed evaluation, a function that collects a picklable object from every rank to the
-            evaluating rank, returning the list there and ``None`` elsewhere (:func:`rethink.engine.comm.gather_to_main`);
+            evaluating rank, returning the list there and ``None`` elsewhere
+            (:func:`rethink.engine.comm.gather_to_main`);
             that rank alone evaluates and returns results (the others return ``{}``). ``None``: evaluate the predictions
             of this process.
         is_main: False on ranks that only send their predictions (they never load the ground truth).

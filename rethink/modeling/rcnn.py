@@ -171,7 +171,8 @@ def build_model(cfg) -> MaskRCNN:
     mask_head = MaskRCNNHeads(channels, [mask.CONV_DIM] * mask.NUM_CONV, 1, norm_layer=norm_factory(mask.NORM))
     mask_dim = mask.CONV_DIM if mask.NUM_CONV else channels
     anchors = _anchor_generator(cfg)
-    box_pool = ROIPooler(["0", "1", "2", "3"], box_res, box.POOLER_SAMPLING_RATIO, aligned=box.POOLER_TYPE == "ROIAlignV2")
+    box_pool = ROIPooler(["0", "1", "2", "3"], box_res, box.POOLER_SAMPLING_RATIO,
+                         aligned=box.POOLER_TYPE == "ROIAlignV2")
     box_predictor = BoxPredictor(box.FC_DIM if box.NUM_FC else channels * box_res * box_res, num_classes)
     mask_pool = ROIPooler(["0", "1", "2", "3"], mask.POOLER_RESOLUTION, mask.POOLER_SAMPLING_RATIO,
                           aligned=mask.POOLER_TYPE == "ROIAlignV2")

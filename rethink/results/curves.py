@@ -104,7 +104,8 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
     fig.savefig(paths["png"], dpi=120)
     fig.savefig(paths["pdf"])
     plt.close(fig)
-    fields = ["group", "iteration", "x_1x", "n_seeds"] + [f"{p}_{s}" for _, _, p in tasks for s in ("mean", "min", "max")]
+    stats = [f"{p}_{s}" for _, _, p in tasks for s in ("mean", "min", "max")]
+    fields = ["group", "iteration", "x_1x", "n_seeds"] + stats
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()

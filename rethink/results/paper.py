@@ -48,7 +48,8 @@ TABLE2 = [
 LESS_DATA = [
     Reference("Sec. 5.4, Fig. 6", 50, "GN", "scratch", None, 35000, box_ap=36.3, note="35k images"),
     Reference("Sec. 5.4, Fig. 6", 50, "GN", "pretrained", None, 35000, box_ap=36.3, note="35k images"),
-    Reference("Sec. 5.4, Fig. 7", 50, "GN", "pretrained", None, 10000, box_ap=26.0, iterations=60000, note="10k images"),
+    Reference("Sec. 5.4, Fig. 7", 50, "GN", "pretrained", None, 10000, box_ap=26.0, iterations=60000,
+              note="10k images"),
     Reference("Sec. 5.4, Fig. 7", 50, "GN", "scratch", None, 10000, box_ap=25.9, iterations=220000, note="10k images"),
     Reference("Sec. 5.4, Fig. 8", 50, "GN", "pretrained", None, 1000, box_ap=9.9, note="1k images"),
     Reference("Sec. 5.4, Fig. 8", 50, "GN", "scratch", None, 1000, box_ap=3.5,
