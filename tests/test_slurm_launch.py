@@ -122,8 +122,8 @@ def test_status_shows_done_and_failed(slurm_cluster, tmp_path):
 def test_forked_sweep_of_three_schedules(slurm_cluster, tmp_path):
     spec = {"name": "forked", "root": str(tmp_path), "config": TINY, "fork_schedules": True,
             "overrides": ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2",
-                          "SOLVER.SCHEDULE_UNIT", "6", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "4",
-                          "SEED", "3"],
+                          "SOLVER.SCHEDULE_UNIT", "6", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+                          "TEST.EVAL_PERIOD", "4", "SEED", "3"],
             "axes": {"schedule": ["2x", "3x", "4x"]}, "resources": resources(slurm_cluster)}
     sweep = expand(spec)
     ids = submit_sweep(sweep, "slurm")
