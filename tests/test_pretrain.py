@@ -24,12 +24,14 @@ from rethink.pretrain import (
     ResumeMismatchError,
     ToDetectorInput,
     build_argument_parser,
+    log_dir,
     lr_at,
     main,
     pretrain,
     sidecar_path,
     state_path,
 )
+from rethink.utils.rundir import read_metrics
 from rethink.weights import NormMismatchError, load_weights, read_weights
 
 from .conftest import CONFIGS, ROOT, tiny_cfg
@@ -307,3 +309,17 @@ def test_cli_two_cpu_ranks_syncbn(data, tmp_path):
     assert meta["world_size"] == 2 and meta["norm"] == "SyncBN" and meta["iterations"] == 4
     report = load_weights(build_model(tiny_cfg(base="scratch_syncbn_r50.yaml")), str(out))
     assert not [k for k in report.missing if k.startswith(BODY)] and report.mismatched == []
+
+
+def test_metrics_and_logs_beside_the_output(gn_run):
+    """The engine's MetricsWriter and log set-up: OUTPUT.logs/ holds log.txt, TensorBoard events and
+    metrics.jsonl with every epoch end's train / val numbers (those of the metadata's history)."""
+    out, result = gn_run
+    logs = Path(log_dir(str(out)))
+    assert logs.name == "r18_gn.logs" and (logs / "log.txt").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in logs.iterdir())
+    metrics = read_metrics(str(logs / "metrics.jsonl"))
+    assert [m["iteration"] for m in metrics] == [h["iterations"] for h in result["history"]]
+    for m, h in zip(metrics, result["history"]):
+        assert (m["epoch"], m["train_loss"], m["val_top1"], m["lr"]) == (h["epoch"], h["loss"], h["val_top1"], h["lr"])
+        assert {"loss", "top1", "time", "data_time"} <= set(m)
