@@ -181,3 +181,10 @@ def test_start_up_logs_the_resolved_schedule(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("schedule:")]
     assert lines == ["schedule: batch 2 (reference 16: LR x0.125, iteration counts x8), LR 0.0025, MAX_ITER 48, "
                      "STEPS (32, 40), warm-up 8000, no periodic eval, checkpoint every 40000"]
+
+
+def test_first_iterations_are_logged_with_their_time(straight_run):
+    log = (straight_run / "log.txt").read_text()
+    for k in (1, 2, 3):
+        assert f"iteration {k}/12 took " in log
+    assert "iteration 4/12 took" not in log

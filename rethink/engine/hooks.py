@@ -33,6 +33,12 @@ class HookBase:
 
 
 class IterationTimer(HookBase):
+    """Each step's time into the storage; the first `announce` steps also logged at once (with the
+    ETA they imply), so a slow machine shows progress long before the first metrics line."""
+
+    def __init__(self, announce: int = 3):
+        self.announce = announce
+
     def before_train(self):
         self._start = time.perf_counter()
         self._first_iter = self.trainer.start_iter
@@ -41,7 +47,12 @@ class IterationTimer(HookBase):
         self._step_start = time.perf_counter()
 
     def after_step(self):
-        self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        took = time.perf_counter() - self._step_start
+        self.trainer.storage.put_scalar("time", took)
+        t = self.trainer
+        if t.completed - self._first_iter <= self.announce:
+            logger.info("iteration %d/%d took %.2f s; at that pace the rest takes %s", t.completed, t.max_iter, took,
+                        format_eta(took * (t.max_iter - t.completed)))
 
     def after_train(self):
         done = self.trainer.completed - self._first_iter
