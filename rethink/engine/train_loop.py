@@ -26,8 +26,7 @@ def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = ""
     are NaN or inf on any rank: one reduced flag (one sync, no reduction of the losses themselves),
     then, only to name the terms in the message, their means over the ranks. `note` ends the message
     (what is kept, what to try). Call it on every rank, after backward and before the update."""
-    finite = torch.isfinite(sum(v.detach().float() for v in losses.values()))
-    if comm.reduce_mean({"finite": finite})["finite"] == 1.0:
+    if comm.all_true(torch.isfinite(sum(v.detach() for v in losses.values()))):
         return
     terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(losses).items())
     raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms}. {note}".rstrip())

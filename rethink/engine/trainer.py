@@ -24,7 +24,7 @@ from . import comm
 from .checkpoint import Checkpointer, unwrap
 from .hooks import EvalHook, IterationTimer, LRScheduler, MetricsWriter, PeriodicCheckpointer, PreciseBN
 from .solver import build_optimizer, clip_gradients
-from .train_loop import LOG_PERIOD, TrainerBase
+from .train_loop import LOG_PERIOD, TrainerBase, check_finite
 from .worker import create_ddp_model, rank_device
 
 logger = logging.getLogger(__name__)
@@ -114,10 +114,7 @@ class Trainer(TrainerBase):
         self.optimizer.zero_grad(set_to_none=True)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         (self.scaler.scale(losses) if self.scaler is not None else losses).backward()
-        if not comm.all_true(torch.isfinite(losses.detach())):  # every rank stops at the same step
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(loss_dict).items())
-            raise FloatingPointError(f"Loss became non-finite at iteration {self.iter + 1}: {terms}. "
-                                     f"The last good checkpoint in {self.cfg.OUTPUT_DIR} is kept.")
+        check_finite(loss_dict, self.iter + 1, f"The last good checkpoint in {self.cfg.OUTPUT_DIR} is kept.")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
             clip_gradients(self.cfg, params)
