@@ -22,6 +22,7 @@ from ..utils.rundir import RunDir
 from . import comm
 from .checkpoint import Checkpointer
 from .trainer import Trainer, evaluate, flatten_results
+from .worker import set_num_threads
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,7 @@ def default_setup(cfg, eval_only: bool = False):
         cfg.defrost()
         cfg.SEED = seed
         cfg.freeze()
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0))  # what SLURM gave this task, else share the machine
-    torch.set_num_threads(cpus or max(1, torch.get_num_threads() // max(1, _local_world())))
+    set_num_threads()  # SLURM_CPUS_PER_TASK, else this machine's cores shared among its ranks
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         atomic_write_text(RunDir(cfg.OUTPUT_DIR).config_file, cfg.dump())
@@ -145,5 +145,3 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     return trainer.storage.scalars_at(trainer.completed)
 
 
-def _local_world() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", comm.get_world_size()))
