@@ -138,7 +138,8 @@ class TrainLoader:
         self.seed = data_seed(cfg) if seed is None else int(seed)
         self.rank, self.world_size, self.ims_per_batch, self.per_rank = rank, world_size, B, B // world_size
         self.num_workers = int(cfg.DATALOADER.NUM_WORKERS)
-        self.pin_memory = str(cfg.MODEL.DEVICE).startswith("cuda")  # so the trainer's non_blocking copies overlap
+        # pinned batches let the trainer's non_blocking copies to the GPU overlap with compute
+        self.pin_memory = str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available()
         self.train_set = TrainingSet(list(cfg.DATASETS.TRAIN), bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
                                      verify_images)
         self.stream = BatchStream(len(self.train_set), B, self.seed,
