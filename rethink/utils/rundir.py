@@ -9,6 +9,10 @@
     last_checkpoint             the file name of the checkpoint a resume starts from     RunDir.last_checkpoint()
     eval_results.json           what --eval-only writes: {"bbox/AP": ..., ...}           RunDir.eval_results_file
     fork.json                   a schedule-fork branch's submission marker               RunDir.fork_marker
+    fingerprint.json            the config values that define the run (utils/fingerprint) RunDir.fingerprint_file
+    run.lock                    held (flock) by the training that writes here             RunDir.lock_file
+    retries.json                requeues after transient errors so far                   RunDir.retries_file
+    .<name>.<random>.tmp        an atomic write in progress (removed at start if left)    RunDir.temp_files()
     metrics.json                (detectron2's run directories: its metrics file)         RunDir.detectron2_metrics_file
 
 Metrics are appended, and a requeued run appends again from its last checkpoint, so a file can hold an
@@ -35,9 +39,13 @@ DETECTRON2_METRICS = "metrics.json"
 LAST_CHECKPOINT = "last_checkpoint"
 EVAL_RESULTS = "eval_results.json"
 FORK_MARKER = "fork.json"
+FINGERPRINT = "fingerprint.json"
+LOCK = "run.lock"
+RETRIES = "retries.json"
 CHECKPOINT_EXT = ".pth"
 FINAL_CHECKPOINT = "model_final"  # checkpoint names are file stems, as detectron2's Checkpointer.save(name) takes
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+_TEMP = re.compile(r"^\..+\.tmp$")  # utils.atomic's temporary files
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -92,6 +100,46 @@ class RunDir:
     @property
     def fork_marker(self) -> str:
         return self.file(FORK_MARKER)
+
+    @property
+    def fingerprint_file(self) -> str:
+        return self.file(FINGERPRINT)
+
+    @property
+    def lock_file(self) -> str:
+        return self.file(LOCK)
+
+    @property
+    def retries_file(self) -> str:
+        return self.file(RETRIES)
+
+    def read_fingerprint(self) -> Optional[dict]:
+        """The run's recorded fingerprint (utils.fingerprint.config_fingerprint); None when the directory
+        has none (a new directory, a run from before fingerprints, a detectron2 run directory)."""
+        if not os.path.isfile(self.fingerprint_file):
+            return None
+        with open(self.fingerprint_file) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{self.fingerprint_file}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or "config" not in data:
+            raise ValueError(f"{self.fingerprint_file}: not a run fingerprint (no 'config')")
+        return data
+
+    def write_fingerprint(self, fingerprint: dict) -> None:
+        atomic_write_text(self.fingerprint_file, json.dumps(fingerprint, indent=1, sort_keys=True, default=repr))
+
+    def temp_files(self) -> List[str]:
+        """Temporary files of atomic writes (left behind only by a process killed mid-write)."""
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(self.file(n) for n in os.listdir(self.path) if _TEMP.match(n))
+
+    def has_started(self) -> bool:
+        """Whether a training wrote here already (a checkpoint, its pointer or metrics)."""
+        return self.has_last_checkpoint() or bool(self.checkpoints()) or os.path.isfile(self.final_checkpoint) \
+            or os.path.isfile(self.metrics_file)
 
     @property
     def last_checkpoint_file(self) -> str:
