@@ -207,8 +207,9 @@ def test_errors_say_where_a_value_came_from(tmp_path):
         load_config(None)
     assert str(e.value).startswith("(detectron2's default): MODEL.BACKBONE.NAME = 'build_resnet_backbone'")
     assert describe_source("TEST.EVALUATOR", get_cfg(), {}) == "(rethink default)"
-    # a value computed from SOLVER.SCHEDULE
-    with pytest.raises(ConfigError, match=r"^\(resolved from SOLVER\.SCHEDULE .*\): SOLVER\.STEPS"):
+    # STEPS computed from SOLVER.SCHEDULE: the key the user set (SCHEDULE here) is blamed, where it was set
+    with pytest.raises(ConfigError, match=r"^command line: SOLVER\.SCHEDULE = '0\.00001x': too short: .*"
+                                          r"SOLVER\.STEPS = \(1, 1\).*at least 5 iterations"):
         load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.SCHEDULE", "0.00001x"])
     # a value set in a _BASE_ file: that file
     base = _write(tmp_path, "base.yaml",
@@ -232,3 +233,66 @@ def test_resolved_schedule_is_described_in_one_line():
     assert describe_schedule(cfg, resolution) == (
         "schedule: batch 16 (not scaled), LR 0.02, MAX_ITER 540000 = 6x of 90000, STEPS (480000, 520000), "
         "warm-up 1000, eval every 10000, checkpoint every 5000")
+
+
+def test_schedule_derived_steps_blame_the_key_the_user_set(tmp_path):
+    # MAX_ITER set on the command line; STEPS derived from it by SCHEDULE's rule (never set by the user)
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.MAX_ITER", "4"])
+    msg = str(e.value)
+    assert msg.startswith("command line: SOLVER.MAX_ITER = 4: too short:"), msg
+    assert "SOLVER.STEPS = (3, 4)" in msg and "at least 5 iterations" in msg and "defaults" not in msg
+    assert load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.MAX_ITER", "5"]).SOLVER.STEPS == (3, 4)
+    # ... set in a file: that file is named
+    path = _write(tmp_path, "short.yaml", {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml"), "SOLVER": {"MAX_ITER": 3}})
+    with pytest.raises(ConfigError, match=r"short\.yaml: SOLVER\.MAX_ITER = 3: too short"):
+        load_config(path)
+    # no SCHEDULE: MAX_ITER is blamed, and the STEPS it conflicts with are said to be detectron2's default
+    with pytest.raises(ConfigError, match=r"^command line: SOLVER\.MAX_ITER = 100: SOLVER\.STEPS = \(30000,\) "
+                                          r"\(detectron2's default\) must be increasing .*set SOLVER\.STEPS too"):
+        load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.SCHEDULE", "", "SOLVER.MAX_ITER", "100"])
+    # STEPS set by the user: STEPS is blamed
+    with pytest.raises(ConfigError, match=r"command line: SOLVER\.STEPS = \(10, 2000\): must be increasing"):
+        load_config(CONFIGS / "scratch_gn_r50.yaml", ["SOLVER.MAX_ITER", "1000", "SOLVER.STEPS", "(10, 2000)"])
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("SOLVER.IMS_PER_BATCH", "0", "must be at least 1"),  # was a ZeroDivisionError in the linear scaling rule
+    ("SOLVER.IMS_PER_BATCH", "-2", "must be at least 1"),
+    ("SOLVER.BASE_LR", "-0.1", "must be positive"),
+    ("SOLVER.BASE_LR", "0.0", "must be positive"),
+    ("SOLVER.CHECKPOINT_PERIOD", "-5", "must be >= 0"),
+    ("TEST.EVAL_PERIOD", "-1", "must be >= 0"),
+    ("SOLVER.WARMUP_ITERS", "-1", "must be >= 0"),
+    ("SOLVER.MAX_ITER", "0", "must be at least 1"),
+    ("SOLVER.SCHEDULE_UNIT", "0", "must be at least 1"),
+    ("SOLVER.REFERENCE_IMS_PER_BATCH", "-16", "must be >= 0"),
+    ("SOLVER.GAMMA", "0.0", "must be positive"),
+    ("SOLVER.WEIGHT_DECAY", "-0.0001", "must be >= 0"),
+    ("TEST.PRECISE_BN.NUM_ITER", "0", "must be at least 1"),
+    ("TEST.DETECTIONS_PER_IMAGE", "0", "must be at least 1"),
+    ("DATALOADER.NUM_WORKERS", "-1", "must be >= 0"),
+    ("SOLVER.CHECKPOINT_ITERS", "(100, -3)", "-3 is not a positive iteration count"),
+])
+def test_numeric_bounds_name_key_value_and_source(tmp_path, key, value, why):
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "scratch_gn_r50.yaml", [key, value])
+    assert str(e.value).startswith(f"command line: {key} = ") and why in str(e.value), str(e.value)
+    group, leaf = key.rsplit(".", 1)
+    data = {"_BASE_": str(CONFIGS / "scratch_gn_r50.yaml")}
+    node = data
+    for part in group.split("."):
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value.replace("(", "[").replace(")", "]"))
+    path = _write(tmp_path, "bound.yaml", data)
+    with pytest.raises(ConfigError, match=rf"bound\.yaml: {key.replace('.', '[.]')} = .*{why[:10]}"):
+        load_config(path)
+    zero_ok = {"SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "SOLVER.WARMUP_ITERS"}
+    if key in zero_ok:  # 0 is allowed: "never" / "no warm-up"
+        assert _get_key(load_config(CONFIGS / "scratch_gn_r50.yaml", [key, "0"]), key) == 0
+
+
+def _get_key(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg

@@ -15,7 +15,7 @@ from fvcore.common.config import CfgNode
 
 from .defaults import get_cfg
 from .schedule import describe_schedule, parse_schedule, resolve_schedule, schedule_steps
-from .validate import ConfigError, describe_source, validate
+from .validate import ConfigError, describe_source, validate, validate_before_resolution
 
 __all__ = ["CfgNode", "ConfigError", "describe_schedule", "get_cfg", "load_config", "parse_schedule", "schedule_steps"]
 
@@ -99,6 +99,7 @@ def load_config(path: Optional[str], overrides: Iterable[str] = (), freeze: bool
     if path:
         _merge_file(cfg, str(path), origins)
     _merge_overrides(cfg, overrides, origins)
+    validate_before_resolution(cfg, origins)
     try:
         done = resolve_schedule(cfg, set(origins))
     except ValueError as e:

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, Tuple
 from fvcore.common.config import CfgNode
 
 from .defaults import _C, get_cfg
+from .schedule import schedule_steps
 
 NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN")
 DEPTHS = (18, 34, 50, 101, 152)
@@ -233,11 +234,68 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
     one_of("FLOAT32_PRECISION", FLOAT32_PRECISIONS)
     one_of("SOLVER.AMP.DTYPE", AMP_DTYPES)
     s = cfg.SOLVER
-    if s.IMS_PER_BATCH < 1:
-        fail("SOLVER.IMS_PER_BATCH", "must be positive")
     if s.CHECKPOINT_KEEP < 0:
         fail("SOLVER.CHECKPOINT_KEEP", "must be >= 0 (0 keeps every checkpoint)")
     if s.MAX_ITER < 1:
-        fail("SOLVER.MAX_ITER", "must be positive")
+        fail(_schedule_length_key(origins), f"gives MAX_ITER {s.MAX_ITER} after resolution (schedule, linear scaling); "
+                                              f"it must be positive")
     if list(s.STEPS) != sorted(s.STEPS) or any(x <= 0 or x >= s.MAX_ITER for x in s.STEPS):
-        fail("SOLVER.STEPS", f"must be increasing and inside (0, MAX_ITER={s.MAX_ITER})")
+        why = f"must be increasing and inside (0, MAX_ITER={s.MAX_ITER})"
+        if "SOLVER.STEPS" in origins:
+            fail("SOLVER.STEPS", why)
+        if s.SCHEDULE:  # STEPS derived from the run's length: blame the key that set the length
+            n = next(n for n in range(1, 10000) if 0 < schedule_steps(n, s.SCHEDULE_UNIT)[0]
+                     < schedule_steps(n, s.SCHEDULE_UNIT)[1] < n)
+            fail(_schedule_length_key(origins),
+                 f"too short: the LR drops derived from it (SOLVER.SCHEDULE's rule), SOLVER.STEPS = {tuple(s.STEPS)}, "
+                 f"{why}; a run needs at least {n} iterations (MAX_ITER {s.MAX_ITER} after resolution), or set "
+                 f"SOLVER.STEPS explicitly")
+        if "SOLVER.MAX_ITER" in origins:
+            fail("SOLVER.MAX_ITER", f"SOLVER.STEPS = {tuple(s.STEPS)} {describe_source('SOLVER.STEPS', cfg, origins)} "
+                                    f"{why}; set SOLVER.STEPS too")
+        fail("SOLVER.STEPS", why)
+
+
+def _schedule_length_key(origins: Dict[str, str]) -> str:
+    """The key that set the run's length: SOLVER.MAX_ITER when set explicitly, else SOLVER.SCHEDULE."""
+    if "SOLVER.MAX_ITER" in origins or "SOLVER.SCHEDULE" not in origins:
+        return "SOLVER.MAX_ITER"
+    return "SOLVER.SCHEDULE"
+
+
+# Keys checked before schedule resolution (which divides by IMS_PER_BATCH and rescales the
+# iteration counts), so that the error shows the value the user wrote: {key: (lowest allowed, why)}.
+LOWER_BOUNDS = {
+    "SOLVER.IMS_PER_BATCH": (1, "must be at least 1"),
+    "SOLVER.REFERENCE_IMS_PER_BATCH": (0, "must be >= 0 (0: no linear scaling)"),
+    "SOLVER.SCHEDULE_UNIT": (1, "must be at least 1"),
+    "SOLVER.MAX_ITER": (1, "must be at least 1"),
+    "SOLVER.WARMUP_ITERS": (0, "must be >= 0 (0: no warm-up)"),
+    "SOLVER.CHECKPOINT_PERIOD": (0, "must be >= 0 (0: no periodic checkpoints, only the final one)"),
+    "TEST.EVAL_PERIOD": (0, "must be >= 0 (0: evaluate at the end only)"),
+    "TEST.PRECISE_BN.NUM_ITER": (1, "must be at least 1"),
+    "TEST.DETECTIONS_PER_IMAGE": (1, "must be at least 1"),
+    "DATALOADER.NUM_WORKERS": (0, "must be >= 0 (0: load in the training process)"),
+    "SOLVER.WEIGHT_DECAY": (0, "must be >= 0"),
+    "SOLVER.WEIGHT_DECAY_NORM": (0, "must be >= 0"),
+    "SOLVER.MOMENTUM": (0, "must be >= 0"),
+    "SOLVER.WARMUP_FACTOR": (0, "must be >= 0"),
+}
+# Keys that must be strictly positive.
+POSITIVE = ("SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.BIAS_LR_FACTOR")
+
+
+def validate_before_resolution(cfg: CfgNode, origins: Dict[str, str]) -> None:
+    """Bounds of the numbers that schedule resolution computes with (see :data:`LOWER_BOUNDS`)."""
+    def fail(key, why):
+        raise ConfigError(f"{describe_source(key, cfg, origins)}: {key} = {_get(cfg, key)!r}: {why}")
+
+    for key, (low, why) in LOWER_BOUNDS.items():
+        if _get(cfg, key) < low:
+            fail(key, why)
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            fail(key, "must be positive")
+    for it in cfg.SOLVER.CHECKPOINT_ITERS:
+        if not isinstance(it, int) or it < 1:
+            fail("SOLVER.CHECKPOINT_ITERS", f"{it!r} is not a positive iteration count")
