@@ -2,6 +2,8 @@
 import json
 import logging
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 from rethink.config import get_cfg
 from rethink.data.coco import CocoDataset, load_coco_index, rle_string_to_counts
 from rethink.data.errors import DatasetError
+from rethink.data.images import read_rgb
 from rethink.data.synthetic import compressed_rle, uncompressed_rle
 from rethink.data.transforms import DatasetMapper
 
@@ -178,3 +181,120 @@ def test_unknown_mask_format_named():
     cfg.INPUT.MASK_FORMAT = "polygons"  # (the config validation refuses it too)
     with pytest.raises(ValueError, match="INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got 'polygons'"):
         DatasetMapper(cfg, is_train=True)
+
+
+# --- image pixel formats: converted to the 8-bit RGB the model takes, or refused naming file and id ---------
+
+def _png16(path, a16: np.ndarray) -> str:
+    """A 16-bit PNG (grey [h, w] or RGB [h, w, 3]) written byte by byte, independently of PIL's writer."""
+    h, w = a16.shape[:2]
+    color = 0 if a16.ndim == 2 else 2
+    rows = a16.astype(">u2").reshape(h, -1).tobytes()
+    stride = len(rows) // h
+    raw = b"".join(b"\x00" + rows[r * stride:(r + 1) * stride] for r in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return str(path)
+
+
+RNG = np.random.default_rng(3)
+GREY8 = RNG.integers(0, 256, (H, W), dtype=np.uint8)
+RGB8 = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
+LOW = RNG.integers(0, 256, (H, W), dtype=np.uint16)  # low bytes: must not matter
+GREY3 = np.repeat(GREY8[:, :, None], 3, axis=2)
+
+
+def _palette_with_transparency():
+    p = Image.fromarray(RGB8).quantize(16)
+    p.info["transparency"] = 0
+    return p
+
+
+@pytest.mark.parametrize("name,make,expected", [
+    ("i16.png", lambda p: Image.fromarray(GREY8.astype(np.uint16) * 257).save(p), GREY3),  # PIL mode I;16
+    ("i16_low.png", lambda p: _png16(p, (GREY8.astype(np.uint16) << 8) | LOW), GREY3),
+    ("i16b.tiff", lambda p: Image.frombytes("I;16B", (W, H), (GREY8.astype(">u2") * 257).tobytes()).save(p), GREY3),
+    ("i32.tiff", lambda p: Image.fromarray(GREY8.astype(np.int32) * 257, "I").save(p), GREY3),
+    ("rgb16.png", lambda p: _png16(p, RGB8.astype(np.uint16) * 257), RGB8),
+    ("rgb.png", lambda p: Image.fromarray(RGB8).save(p), RGB8),
+    ("grey.png", lambda p: Image.fromarray(GREY8).save(p), GREY3),
+    ("bits.png", lambda p: Image.fromarray(GREY8 > 127).save(p), np.repeat((GREY8 > 127)[:, :, None], 3, 2) * 255),
+    ("la.png", lambda p: Image.fromarray(np.dstack([GREY8, RGB8[..., 0]]), "LA").save(p), GREY3),  # alpha dropped
+    ("rgba.png", lambda p: Image.fromarray(np.dstack([RGB8, GREY8])).save(p), RGB8),  # alpha dropped
+    ("rgba.tiff", lambda p: Image.fromarray(np.dstack([RGB8, GREY8])).save(p), RGB8),
+    ("palette.png", lambda p: _palette_with_transparency().save(p),
+     np.asarray(_palette_with_transparency().convert("RGB"))),
+    ("cmyk.tiff", lambda p: Image.fromarray(RGB8).convert("CMYK").save(p),
+     np.asarray(Image.fromarray(RGB8).convert("CMYK").convert("RGB"))),
+])
+def test_pixel_formats_convert_to_rgb_uint8(tmp_path, name, make, expected):
+    path = str(tmp_path / name)
+    make(path)
+    got = np.asarray(read_rgb(path, 7, "fmt"))
+    assert got.dtype == np.uint8 and got.shape == (H, W, 3)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_jpeg_grey_and_cmyk_convert_to_rgb(tmp_path, mode):
+    path = str(tmp_path / f"{mode}.jpg")
+    src = Image.fromarray(RGB8).convert(mode)
+    src.save(path, quality=100)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    got = np.asarray(read_rgb(path, 7, "jpg")).astype(int)
+    want = np.asarray(src.convert("RGB")).astype(int)
+    assert got.shape == (H, W, 3) and np.abs(got - want).mean() < 4  # lossy, but the same picture
+
+
+def test_sixteen_bit_png_trains_as_its_eight_bit_image(tmp_path):
+    """Was: a 16-bit PNG was clipped to 255 by PIL and trained as an all-white image."""
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray((GREY8.astype(np.uint16) << 8) | LOW).save(tmp_path / "imgs" / "im7.png")
+    with Image.open(tmp_path / "imgs" / "im7.png") as im:
+        assert im.mode == "I;16"
+    ds = CocoDataset("sixteen", write(tmp_path, [ann(1)]), str(tmp_path / "imgs"))
+    cfg = _cfg("INPUT.FORMAT", "RGB", "INPUT.RANDOM_FLIP", "none")
+    image = DatasetMapper(cfg, is_train=True)(ds, 0, np.random.default_rng(0))["image"]
+    np.testing.assert_array_equal(image.numpy().transpose(1, 2, 0), GREY3)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = str(tmp_path / "rot.png")
+    Image.fromarray(RGB8).save(path, exif=exif)
+    np.testing.assert_array_equal(np.asarray(read_rgb(path, 7, "exif")), np.rot90(RGB8, k=-1))
+
+
+def _expect_image_error(path, *parts):
+    with pytest.raises(DatasetError) as e:
+        read_rgb(str(path), 42, "bad")
+    msg = str(e.value)
+    assert str(path) in msg and "image id 42" in msg and "bad" in msg, msg
+    for p in parts:
+        assert p in msg, msg
+    return msg
+
+
+def test_undecodable_and_refused_images_name_file_and_id(tmp_path, monkeypatch):
+    Image.fromarray(GREY8.astype(np.float32) / 255).save(tmp_path / "float.tiff")
+    _expect_image_error(tmp_path / "float.tiff", "PIL mode 'F' is not converted")
+    Image.fromarray(GREY8.astype(np.int32) * 1000, "I").save(tmp_path / "i32.tiff")
+    _expect_image_error(tmp_path / "i32.tiff", "outside the 16-bit range")
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
+    _expect_image_error(tmp_path / "junk.png", "cannot decode the image")
+    (tmp_path / "text.jpg").write_text("not an image")
+    _expect_image_error(tmp_path / "text.jpg", "cannot decode the image", "UnidentifiedImageError")
+    Image.fromarray(RGB8).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:200])
+    _expect_image_error(tmp_path / "cut.jpg", "cannot decode the image")
+    _expect_image_error(tmp_path / "absent.jpg", "image file not found")
+    Image.fromarray(RGB8).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 4)  # the file is > 2x the limit: PIL's bomb error
+    _expect_image_error(tmp_path / "big.png", "decompression bomb")

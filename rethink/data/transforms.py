@@ -34,10 +34,11 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..structures.masks import InstanceMasks, encode_bitmask
 from .errors import DatasetError
+from .images import read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +70,10 @@ def sample_short_edge(rng: np.random.Generator, sizes: Sequence[int], sampling: 
 
 
 def _open_rgb(path: str, expected_hw: Tuple[int, int], image_id: int, dataset: str) -> Image.Image:
-    """The image as an RGB PIL image, EXIF orientation applied (as detectron2's read_image), its size
-    checked against the annotations; errors name the file and the image id."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # a loaded copy
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            rgb.load()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found (image id {image_id} of dataset {dataset})") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read image id {image_id} of dataset {dataset}: {e}") from None
+    """The image as an 8-bit RGB PIL image (rethink.data.images: EXIF orientation applied, every pixel
+    format converted or refused), its size checked against the annotations; errors name the file and
+    the image id."""
+    rgb = read_rgb(path, image_id, dataset)
     if (rgb.height, rgb.width) != tuple(expected_hw):
         raise DatasetError(f"{path}: image id {image_id} of dataset {dataset} is {rgb.height}x{rgb.width} "
                            f"(h x w) but the annotations say {expected_hw[0]}x{expected_hw[1]}")
