@@ -10,11 +10,15 @@ import pytest
 from PIL import Image
 
 from rethink.config import get_cfg
+from rethink.data import check_datasets, register_coco_instances
+from rethink.data.build import TrainingSet
+from rethink.data.catalog import unregister
 from rethink.data.coco import CocoDataset, load_coco_index, rle_string_to_counts
 from rethink.data.errors import DatasetError
 from rethink.data.images import read_rgb
 from rethink.data.synthetic import compressed_rle, uncompressed_rle
 from rethink.data.transforms import DatasetMapper
+from rethink.engine import check_run
 
 H, W = 40, 60
 
@@ -298,3 +302,79 @@ def test_undecodable_and_refused_images_name_file_and_id(tmp_path, monkeypatch):
     Image.fromarray(RGB8).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 4)  # the file is > 2x the limit: PIL's bomb error
     _expect_image_error(tmp_path / "big.png", "decompression bomb")
+
+
+# --- the start-up check (rethink.data.preflight, run by rethink.engine.check_run before any iteration) -----
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def register(name, json_file, image_root):
+        register_coco_instances(name, json_file, image_root, overwrite=True)
+        names.append(name)
+        return name
+
+    yield register
+    for n in names:
+        unregister(n)
+
+
+def _images(n):
+    return [{"id": 100 + i, "file_name": f"im{100 + i}.png", "height": H, "width": W} for i in range(n)]
+
+
+def test_startup_check_lists_missing_train_images(tmp_path, registered):
+    (tmp_path / "imgs").mkdir()
+    for i in (100, 101):
+        (tmp_path / "imgs" / f"im{i}.png").write_bytes(b"")
+    path = write(tmp_path, [ann(1, image_id=100)], images=_images(12))
+    name = registered("pf_missing", path, str(tmp_path / "imgs"))
+    with pytest.raises(DatasetError) as e:
+        check_datasets([name], [])
+    msg = str(e.value)
+    assert f"dataset pf_missing ({path}): 10 of 12 image files are missing under {tmp_path / 'imgs'}" in msg, msg
+    assert "im102.png (image id 102)" in msg and "im106.png (image id 106)" in msg and "im107.png" not in msg
+    assert "... and 5 more" in msg
+    check_datasets([], [])  # nothing asked, nothing checked
+
+
+def test_startup_check_parses_the_test_json(tmp_path, registered):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "im7.png").write_bytes(b"")
+    good = registered("pf_good", write(tmp_path, [ann(1)]), str(tmp_path / "imgs"))
+    bad_json = tmp_path / "val.json"
+    bad_json.write_text('{"images": [\n  {"id": 1,}]}')
+    bad = registered("pf_badval", str(bad_json), str(tmp_path / "imgs"))
+    with pytest.raises(DatasetError, match=r"val\.json: not valid JSON: .* line 2 column 12"):
+        check_datasets([good], [bad])
+    empty = registered("pf_empty", write(tmp_path, [], name="empty.json"), str(tmp_path / "imgs"))
+    with pytest.raises(DatasetError) as e:
+        check_datasets([good], [empty])
+    assert str(e.value).startswith(str(tmp_path / "empty.json") + ": dataset pf_empty (in DATASETS.TEST) has no "
+                                   "annotations"), str(e.value)
+    with pytest.raises(DatasetError, match=r"empty\.json: dataset pf_empty \(in DATASETS.TRAIN\) .*nothing to train"):
+        check_datasets([empty], [good])
+    check_datasets([good], [good])
+
+
+def test_check_run_checks_datasets_before_the_first_iteration(tmp_path, registered):
+    (tmp_path / "imgs").mkdir()
+    path = write(tmp_path, [ann(1)])
+    name = registered("pf_run", path, str(tmp_path / "imgs"))
+    cfg = _cfg("DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "MODEL.DEVICE", "cpu")
+    with pytest.raises(DatasetError, match=r"1 of 1 image files are missing.*\n.*im7\.png \(image id 7\)"):
+        check_run(cfg)
+    check_run(cfg, eval_only=True)  # evaluation reads no training images
+
+
+def test_no_usable_training_instance_names_the_json(tmp_path):
+    path = write(tmp_path, [ann(1, iscrowd=1)])
+    register_coco_instances("pf_crowd", path, str(tmp_path))
+    try:
+        with pytest.raises(DatasetError) as e:
+            TrainingSet(["pf_crowd"])
+    finally:
+        unregister("pf_crowd")
+    msg = str(e.value)
+    assert f"pf_crowd ({path}): 1 annotations in the file, 1 valid" in msg and "0 of 1 images" in msg, msg

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..utils.logger import log_once
 from .catalog import get_dataset_spec
 from .coco import CocoDataset, check_same_categories
+from .errors import DatasetError
 from .samplers import BatchStream, sample_generator
 from .transforms import DatasetMapper
 
@@ -69,7 +70,9 @@ class TrainingSet:
             rows.append(r)
         self.ds_of, self.rows, self.group_ids = np.concatenate(ds_of), np.concatenate(rows), np.concatenate(groups)
         if len(self.rows) == 0:
-            raise ValueError(f"the training datasets {list(names)} have no image with a usable non-crowd instance")
+            what = "; ".join(f"{d.name} ({d.json_file}): {d.describe_annotations()}" for d in self.datasets)
+            raise DatasetError(f"DATASETS.TRAIN {list(names)}: no image with a usable non-crowd instance to train on: "
+                               f"{what}")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -49,6 +49,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -556,15 +557,40 @@ class CocoDataset:
     def image_path(self, i: int) -> str:
         return os.path.join(self.image_root, self.index.file_name(i))
 
+    def missing_images(self, threads: int = 16) -> List[int]:
+        """Rows whose image file is not a file under image_root: one stat per image, in `threads` threads
+        (a stat waits on the file system, not the CPU: on network file systems threads hide the latency)."""
+        blob = bytes(self.index.a["file_name_blob"])
+        off = np.asarray(self.index.a["file_name_off"]).tolist()
+        root, isfile = self.image_root, os.path.isfile
+
+        def missing(rows: range) -> List[int]:
+            return [i for i in rows if not isfile(os.path.join(root, blob[off[i]:off[i + 1]].decode("utf-8")))]
+
+        n, chunk = len(self), 4096
+        chunks = [range(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+        if len(chunks) <= 1 or threads <= 1:
+            return [i for c in chunks for i in missing(c)]
+        with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+            return [i for part in pool.map(missing, chunks) for i in part]
+
     def verify_images(self, max_listed: int = 10) -> None:
         """Check that every image file exists; error listing the first missing ones with their ids."""
-        missing: List[int] = [i for i in range(len(self)) if not os.path.isfile(self.image_path(i))]
+        missing = self.missing_images()
         if missing:
             lines = "\n".join(f"  {self.image_path(i)} (image id {self.index.image_id(i)})"
                               for i in missing[:max_listed])
             more = f"\n  ... and {len(missing) - max_listed} more" if len(missing) > max_listed else ""
             raise DatasetError(f"dataset {self.name} ({self.json_file}): {len(missing)} of {len(self)} image files "
                                f"are missing under {self.image_root}:\n{lines}{more}")
+
+    def describe_annotations(self) -> str:
+        """How many annotations the json has and how many are usable for training (for error messages)."""
+        m = self.index.meta
+        usable = int(self.index.usable_mask().sum())
+        return (f"{m['num_annotations_in_file']} annotations in the file, {m['num_annotations']} valid "
+                f"(dropped: {self.index.dropped_summary()}), {usable} of {len(self)} images with a valid "
+                f"non-crowd instance")
 
 
 def check_same_categories(datasets: Sequence[CocoDataset]) -> None:
