@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from rethink.config import load_config
+from rethink.config import ConfigError, load_config
 from rethink.modeling import build_model
 from rethink.modeling.backbone import ResNet
 from rethink.weights import (
@@ -444,3 +444,34 @@ def test_malicious_pth_is_refused_by_weights_only_load(tmp_path):
     with pytest.raises(UnsafeFileError, match=r"model\.pth.*weights_only=True\) refused the global posix\.system"):
         load_weights(tiny_body("FrozenBN"), str(path))
     assert not marker.exists()
+
+
+# --- a file for another backbone: refused unless MODEL.WEIGHTS_MIN_BACKBONE_MATCH allows a partial load ------
+
+@pytest.mark.parametrize("depth,body_matched,body_total", [("34", 60, 108), ("50", 9, 159)])
+def test_other_depth_checkpoint_is_refused(tmp_path, depth, body_matched, body_total):
+    """Was: an R18 checkpoint loaded into R34/R50 filled part of the backbone with only a warning."""
+    path = tmp_path / "r18.pth"
+    torch.save({"model": tiny_model("scratch_gn_r50.yaml", r18=True).state_dict()}, path)
+    target = tiny_model("scratch_gn_r50.yaml", "MODEL.RESNETS.DEPTH", "34", r18=True) if depth == "34" \
+        else tiny_model("scratch_gn_r50.yaml")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(WeightsError) as e:
+        load_weights(target, str(path))
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: this checkpoint file fills {body_matched} of the model's {body_total} backbone "
+                          f"tensors"), msg
+    assert "less than MODEL.WEIGHTS_MIN_BACKBONE_MATCH = 1" in msg and "nothing was loaded" in msg
+    example = "not in the file: backbone.body.layer" if depth == "34" else "different shape: backbone.body.conv1"
+    assert example in msg, msg
+    assert_loaded(target, before)  # nothing was loaded
+    # allowed on purpose: the partial load goes ahead (the key, as load_config gives it)
+    cfg = load_config(CONFIGS / "scratch_gn_r50.yaml", ["MODEL.WEIGHTS_MIN_BACKBONE_MATCH", "0.0"])
+    report = load_weights(target, str(path), cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
+    assert sum(k.startswith("backbone.body.") for k in report.matched) == body_matched
+
+
+def test_min_backbone_match_key():
+    assert load_config(CONFIGS / "scratch_gn_r50.yaml").MODEL.WEIGHTS_MIN_BACKBONE_MATCH == 1.0
+    with pytest.raises(ConfigError, match=r"command line: MODEL\.WEIGHTS_MIN_BACKBONE_MATCH = 1\.5: must be a "):
+        load_config(CONFIGS / "scratch_gn_r50.yaml", ["MODEL.WEIGHTS_MIN_BACKBONE_MATCH", "1.5"])

@@ -26,6 +26,14 @@ def add_project_keys(cfg: CN) -> None:
     # run writes 54 checkpoints of ~366 MB (20 GB) with CHECKPOINT_PERIOD 10000; 3 keep ~1.1 GB.
     cfg.SOLVER.CHECKPOINT_KEEP = 3
 
+    # --- initial weights (rethink.weights.load) -----------------------------------------------------------
+    # Smallest fraction of the model's backbone (ResNet body) tensors that MODEL.WEIGHTS must fill, by name
+    # and shape, for the load to go ahead: below it the load is refused, naming the file, how many matched
+    # of how many and examples of what did not. 1.0 (the default) asks for the whole backbone, which every
+    # correct file gives (ImageNet weights, detectron2 model files, our checkpoints); an R18 file into an
+    # R50 model fills about half. Lower it (0.0 accepts any partial load) to load a partial backbone on purpose.
+    cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH = 1.0
+
     # --- mixed precision (rethink.engine.trainer) -----------------------------------------------------
     # Autocast dtype when SOLVER.AMP.ENABLED (CUDA only): "float16" (losses scaled by a GradScaler) or
     # "bfloat16" (float32's range: no scaler). Anchors, box decoding and the losses stay float32.

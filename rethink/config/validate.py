@@ -25,7 +25,8 @@ AMP_DTYPES = ("float16", "bfloat16")
 # Keys that the project honours. A name that is a group covers every key under it.
 IMPLEMENTED = (
     # model
-    "MODEL.MASK_ON", "MODEL.DEVICE", "MODEL.WEIGHTS", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD",
+    "MODEL.MASK_ON", "MODEL.DEVICE", "MODEL.WEIGHTS", "MODEL.WEIGHTS_MIN_BACKBONE_MATCH", "MODEL.PIXEL_MEAN",
+    "MODEL.PIXEL_STD",
     "MODEL.BACKBONE.NAME", "MODEL.BACKBONE.FREEZE_AT",
     "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.OUT_FEATURES", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.NORM",
     "MODEL.RESNETS.WIDTH_PER_GROUP", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RESNETS.RES2_OUT_CHANNELS",
@@ -296,6 +297,8 @@ def validate_before_resolution(cfg: CfgNode, origins: Dict[str, str]) -> None:
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             fail(key, "must be positive")
+    if not 0.0 <= cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH <= 1.0:
+        fail("MODEL.WEIGHTS_MIN_BACKBONE_MATCH", "must be a fraction in [0, 1]")
     for it in cfg.SOLVER.CHECKPOINT_ITERS:
         if not isinstance(it, int) or it < 1:
             fail("SOLVER.CHECKPOINT_ITERS", f"{it!r} is not a positive iteration count")

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..config import get_cfg
 from .convert import BODY, convert_names
 from .errors import NormMismatchError, WeightsError
 from .paths import resolve_weights_path, sidecar_path
@@ -180,9 +181,40 @@ def _pretrain_metadata(path: str) -> Optional[dict]:
         return None
 
 
-def load_weights(model: nn.Module, path: str) -> LoadReport:
+def _check_backbone_coverage(state: Dict[str, torch.Tensor], to_copy: Dict[str, torch.Tensor], report: LoadReport,
+                             body_prefix: Optional[str], path: str, fmt: str, min_match: float) -> None:
+    """Refuse a file that fills less than `min_match` of the backbone body's tensors (by name and
+    shape): e.g. an R18 file into an R50 model, which would otherwise train from a half-initialised
+    backbone with only a warning."""
+    if body_prefix is None:
+        return
+    body = [k for k in state if k.startswith(body_prefix) and not k.endswith(".num_batches_tracked")]
+    matched = sum(k in to_copy for k in body)
+    if not body or matched >= min_match * len(body):
+        return
+    not_filled = [k for k in body if k not in to_copy]
+    shapes = [f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in report.mismatched
+              if k.startswith(body_prefix)]
+    missing = [k for k in not_filled if k not in {m[0] for m in report.mismatched}]
+    examples = [f"different shape: {'; '.join(shapes[:3])}" if shapes else "",
+                f"not in the file: {', '.join(group_keys(missing)[:4])}" if missing else "",
+                f"file tensors the model does not have: {', '.join(group_keys(report.unexpected)[:4])}"
+                if report.unexpected else ""]
+    raise WeightsError(
+        f"{path}: this {fmt} file fills {matched} of the model's {len(body)} backbone tensors "
+        f"({matched / len(body):.0%}, less than MODEL.WEIGHTS_MIN_BACKBONE_MATCH = {min_match:g}), so nothing was "
+        f"loaded; is it for another depth or architecture (MODEL.RESNETS.DEPTH, STEM_OUT_CHANNELS, "
+        f"WIDTH_PER_GROUP)? " + "; ".join(e for e in examples if e) +
+        ". To load a partial backbone on purpose, lower MODEL.WEIGHTS_MIN_BACKBONE_MATCH")
+
+
+def load_weights(model: nn.Module, path: str, min_backbone_match: Optional[float] = None) -> LoadReport:
     """Load MODEL.WEIGHTS `path` (any form :func:`resolve_weights_path` takes, any format
-    :func:`read_weights` reads) into `model` in place; returns a :class:`LoadReport`."""
+    :func:`read_weights` reads) into `model` in place; returns a :class:`LoadReport`. Refused
+    (:class:`WeightsError`, nothing loaded) when the file fills less than `min_backbone_match` of the
+    backbone body's tensors (cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH; None: that key's default)."""
+    if min_backbone_match is None:
+        min_backbone_match = get_cfg().MODEL.WEIGHTS_MIN_BACKBONE_MATCH
     resolved = resolve_weights_path(path)
     weights = read_weights(resolved)
     logger.info("Loading weights from %s (%s%s, %d tensors)", resolved, weights.format,
@@ -227,6 +259,7 @@ def load_weights(model: nn.Module, path: str) -> LoadReport:
             f"({len(weights.tensors)} file tensors, {len(state)} model tensors, {len(report.mismatched)} with the "
             f"right name but another shape). File keys: {file_keys}; model keys: {model_keys}"
         )
+    _check_backbone_coverage(state, to_copy, report, body_prefix, resolved, weights.format, min_backbone_match)
     with torch.no_grad():
         for key, value in to_copy.items():
             state[key].copy_(value.to(dtype=state[key].dtype))
