@@ -1,17 +1,18 @@
 #!/usr/bin/env python
 """State of a submitted sweep (or single run): per run pending / running / requeued / done / failed
-(with the tail of its error), last iteration, latest box and mask AP, fork trunk/branches.
+(with the tail of its error; `failed (killed)`: a local job gone without a result) / stale (the run
+dir holds another config's run), last iteration, latest box and mask AP, fork trunk/branches.
 
     python launch/status.py output/sweeps/paper
     python launch/status.py output/sweeps/paper --resubmit-failed   # resume failed runs in a new array
-    python launch/status.py output/sweeps/paper --wait              # until every run is done or failed
+    python launch/status.py output/sweeps/paper --wait              # until no run can change any more
 """
 import argparse
 import logging
 import sys
 
 from rethink.cluster.jobs import submit_sweep
-from rethink.cluster.status import format_states, load_submitted_sweep, run_states, wait
+from rethink.cluster.status import format_states, is_resubmittable, load_submitted_sweep, run_states, wait
 from rethink.cluster.sweep import fork_summary, submissions
 
 
@@ -29,7 +30,7 @@ def main(argv=None):
     if fork_summary(sweep):
         print(fork_summary(sweep))
     if args.resubmit_failed:
-        failed = [r["run"] for r in rows if r["state"] in ("failed", "cancelled", "timeout")]
+        failed = [r["run"] for r in rows if is_resubmittable(r["state"])]
         if failed:
             subs = submissions(sweep.dir)
             ids = submit_sweep(sweep, subs[-1]["cluster"] if subs else "slurm", only=failed)

@@ -11,15 +11,18 @@
     python launch/submit.py --sweep launch/sweeps/demo.yaml --cluster local --wait
 
 Runs go to <root>/<sweep name>/<run name> (single runs: output/<config name>[/<overrides>]);
-`python launch/status.py <sweep dir>` shows their state.
+`python launch/status.py <sweep dir>` shows their state. Before anything is submitted (and with
+--dry-run) the sweep file's entries, the datasets and the run dirs are checked (rethink.cluster.sweep,
+rethink.cluster.preflight): a run dir that holds another run (a different resolved config) is refused.
 """
 import argparse
 import logging
 import sys
 
 from rethink.cluster.jobs import submit_sweep
+from rethink.cluster.preflight import check_submission
 from rethink.cluster.status import format_states, wait
-from rethink.cluster.sweep import expand, load_sweep, plan_table
+from rethink.cluster.sweep import SweepError, expand, load_sweep, plan_table
 from rethink.engine.defaults import run_name
 
 RESOURCE_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "time", "partition", "account", "qos", "constraint",
@@ -52,6 +55,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
+    try:
+        return submit(args)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def submit(args) -> int:
     if args.sweep:
         sweep = load_sweep(args.sweep, root=args.root)
         if args.opts:
@@ -64,7 +75,8 @@ def main(argv=None):
     flags = {k: getattr(args, k) for k in RESOURCE_FLAGS}
     sbatch = dict(kv.split("=", 1) for kv in args.sbatch)
     sweep.resources = sweep.resources.updated(**flags, sbatch={**sweep.resources.sbatch, **sbatch} or None)
-    print(plan_table(sweep))
+    print(plan_table(sweep, args.cluster), flush=True)
+    check_submission(sweep, args.sweep or args.config)
     if args.dry_run:
         return 0
     submit_sweep(sweep, args.cluster)

@@ -1,15 +1,28 @@
 """Sweeps and launcher without SLURM: expansion and dry-run of the shipped sweeps, resources from
-flags, a clear error without sbatch, local submission, and schedule forking equal to separate runs."""
+flags, a clear error without sbatch, errors in sweep files and refused run dirs (stale: another
+config's run), local submission with status truth (a killed task is failed, resubmitted, done without
+a test set), and schedule forking equal to separate runs."""
+import importlib.util
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+import yaml
 
 from rethink.cluster.branches import prepare_branch
+from rethink.cluster.local import TASK_MODULE, job_alive
+from rethink.cluster.preflight import check_submission
+from rethink.cluster.resources import Resources
+from rethink.cluster.status import format_states, run_states
 from rethink.cluster.sweep import SweepError, expand, load_sweep, plan_table
 from rethink.engine import load_run_config, main_worker, read_metrics
+from rethink.utils.fingerprint import config_fingerprint
+from rethink.utils.rundir import RunDir
 
 from .conftest import CONFIGS, ROOT
 
@@ -17,6 +30,35 @@ pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 SWEEPS = ROOT / "launch" / "sweeps"
 TINY = str(CONFIGS / "demo" / "scratch_gn_r18_tiny.yaml")
+SHORT = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6",
+         "SOLVER.STEPS", "(4, 5)", "SOLVER.WARMUP_ITERS", "2"]
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    """A datasets root where the launcher finds COCO (its paths exist; the launcher reads none of them)."""
+    root = tmp_path_factory.mktemp("datasets")
+    for split in ("train2017", "val2017"):
+        (root / "coco" / split).mkdir(parents=True)
+        (root / "coco" / "annotations").mkdir(exist_ok=True)
+        (root / "coco" / "annotations" / f"instances_{split}.json").write_text("{}")
+    return str(root)
+
+
+def cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def submit_main(capsys, *args):
+    """launch/submit.py's main in this process (a subprocess spends seconds importing torch): rc, stdout, stderr."""
+    spec = importlib.util.spec_from_file_location("launch_submit", ROOT / "launch" / "submit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    rc = module.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 def test_paper_sweep_expands_to_the_full_grid_with_forks():
@@ -50,16 +92,73 @@ def test_other_shipped_sweeps_expand(name, count):
 def test_sweep_errors_name_the_problem(tmp_path):
     with pytest.raises(SweepError, match="unknown axis 'colour'"):
         expand({"config": TINY, "axes": {"colour": [1]}}, "s.yaml")
-    with pytest.raises(SweepError, match=r"s.yaml: run baselrr1: .*unknown config key SOLVER.BASE_LRR"):
+    with pytest.raises(SweepError, match=r"s.yaml: run baselrr1 \(axes.SOLVER.BASE_LRR: 1\): .*unknown config key "
+                                         r"SOLVER.BASE_LRR \(did you mean SOLVER.BASE_LR\?\)"):
         expand({"name": "x", "config": TINY, "axes": {"SOLVER.BASE_LRR": [1]}}, "s.yaml")
     with pytest.raises(SweepError, match="needs the axis 'init'"):
         expand({"config": "configs/{init}_gn_r50.yaml", "axes": {"seed": [0]}}, "s.yaml")
 
 
-def test_dry_run_cli_prints_table_and_submits_nothing(tmp_path):
-    r = subprocess.run([sys.executable, "launch/submit.py", "--sweep", "launch/sweeps/freeze.yaml", "--dry-run",
-                        "--root", str(tmp_path), "--gpus-per-node", "4", "--partition", "p1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+AXES = {"schedule": ["2x", "3x"], "seed": [0]}
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"exclude": [{"schedul": "2x"}]},
+     "s.yaml: exclude[0] {'schedul': '2x'}: unknown axis 'schedul' (did you mean 'schedule'?); "
+     "known: ['schedule', 'seed']"),
+    ({"exclude": [{"seed": 0}, {"schedule": "2X"}]},
+     "s.yaml: exclude[1] {'schedule': '2X'}: '2X' is not a value of axis 'schedule' (['2x', '3x']): "
+     "it would exclude nothing"),
+    ({"exclude": {"schedule": "2x"}}, "s.yaml: exclude: a list of {axis: value} mappings is required"),
+    ({"exclude": [{"schedule": "2x"}, {"schedule": "3x"}]}, "s.yaml: exclude [{'schedule': '2x'}, "
+                                                            "{'schedule': '3x'}] leaves no run"),
+    ({"axes": {**AXES, "sed": [1]}}, "s.yaml: axes.sed: unknown axis 'sed' (did you mean 'seed'?); known: ["),
+    ({"axes": {**AXES, "seed": []}}, "s.yaml: axes.seed: []: every axis needs a list of values"),
+    ({"axes": {**AXES, "subset": ["1of0"]}},
+     "s.yaml: axes.subset: '1of0' is not a subset that can be drawn: Selection: fraction 1/0 must be in (0, 1]"),
+    ({"axes": {**AXES, "subset": ["half"]}}, "s.yaml: axes.subset: 'half' is not a subset that can be drawn: use full"),
+])
+def test_sweep_file_errors_name_file_and_entry(entry, message):
+    with pytest.raises(SweepError) as e:
+        expand({"name": "x", "config": TINY, "axes": AXES, **entry}, "s.yaml")
+    assert message in str(e.value)
+
+
+def test_absent_datasets_are_refused_naming_file_entry_and_runs(tmp_path, monkeypatch, coco_root):
+    spec = {"name": "d", "root": str(tmp_path), "config": TINY, "axes": {"subset": ["full", "1of10"], "seed": [0]}}
+    monkeypatch.setenv("RETHINK_DATASETS", str(tmp_path / "nowhere"))
+    with pytest.raises(SweepError) as e:
+        check_submission(expand(spec, "d.yaml"), "d.yaml")
+    text = str(e.value)
+    assert "d.yaml: axes.subset 'full' with the default train_dataset 'coco_2017_train': DATASETS.TRAIN " \
+           "'coco_2017_train' (run(s) full_s0): dataset coco_2017_train not found" in text
+    assert "d.yaml: axes.subset '1of10' with the default train_dataset 'coco_2017_train': DATASETS.TRAIN " \
+           "'coco_2017_train_1of10_s0' (run(s) 1of10_s0)" in text
+    assert "synthetic_coco_val" not in text  # DATASETS.TEST of the config: generated on first use
+    with pytest.raises(SweepError, match=r"d.yaml: axes.subset 'full' with train_dataset 'coco_2017_trian': "
+                                         r"DATASETS.TRAIN 'coco_2017_trian' .*unknown dataset 'coco_2017_trian'. "
+                                         r"Did you mean coco_2017_train"):
+        check_submission(expand({**spec, "train_dataset": "coco_2017_trian"}, "d.yaml"), "d.yaml")
+    with pytest.raises(SweepError, match=r"d.yaml: overrides DATASETS.TEST: DATASETS.TEST 'coco_2017_val_1of0_s0' "
+                                         r"\(run\(s\) full_s0, 1of10_s0\): not a subset that can be drawn"):
+        check_submission(expand({**spec, "overrides": ["DATASETS.TEST", "('coco_2017_val_1of0_s0',)"]}, "d.yaml"),
+                         "d.yaml")
+    monkeypatch.setenv("RETHINK_DATASETS", coco_root)
+    check_submission(expand(spec, "d.yaml"), "d.yaml")
+
+
+def test_dry_run_cli_refuses_sweep_file_errors(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"name": "typo", "root": str(tmp_path), "config": TINY, "axes": AXES,
+                                    "exclude": [{"schedul": "2x"}]}))
+    rc, out, err = submit_main(capsys, "--sweep", str(path), "--dry-run")
+    assert rc == 2 and out == ""
+    assert err.startswith(f"error: {path}: exclude[0] {{'schedul': '2x'}}: unknown axis 'schedul'")
+
+
+def test_dry_run_cli_prints_table_and_submits_nothing(tmp_path, coco_root):
+    r = cli("launch/submit.py", "--sweep", "launch/sweeps/freeze.yaml", "--dry-run", "--root", str(tmp_path),
+            "--gpus-per-node", "4", "--partition", "p1", env={"RETHINK_DATASETS": coco_root})
     assert r.returncode == 0, r.stderr
     assert "fz5_2x_s0" in r.stdout and "1x4" in r.stdout and "6 runs in one job array" in r.stdout
     assert not (tmp_path / "freeze").exists()
@@ -72,6 +171,111 @@ def test_slurm_without_sbatch_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "launch/submit.py", "--config", TINY, "--root", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode != 0 and "`sbatch` is not on PATH" in r.stderr and "--cluster local" in r.stderr
+
+
+# --- run dirs of another config ---------------------------------------------------------------------
+def _started(run, fingerprint):
+    """What a run that trained to the end leaves (its weights are not read here)."""
+    d = RunDir(run.output_dir)
+    os.makedirs(d.path, exist_ok=True)
+    d.write_fingerprint(fingerprint)
+    for path in (d.final_checkpoint, d.checkpoint(run.max_iter)):
+        open(path, "wb").close()
+    d.set_last_checkpoint(d.final_checkpoint)
+    with open(d.metrics_file, "w") as f:
+        f.write('{"iteration": 6, "total_loss": 1.0}\n')
+
+
+def test_launcher_fingerprint_is_the_one_the_job_trains_with(tmp_path):
+    sweep = expand({"name": "fp", "root": str(tmp_path), "config": TINY, "axes": {"seed": [1, -1]},
+                    "overrides": SHORT + ["SOLVER.CHECKPOINT_ITERS", "(3,)", "DATASETS.TEST", "()"]})
+    for r in sweep.runs:  # what TrainJob loads (jobs.restart_config, first start); a SEED < 0 is drawn there
+        cfg = load_run_config(r.config, r.overrides + ["OUTPUT_DIR", r.output_dir], resume=True)
+        assert config_fingerprint(cfg)["sha256"] == r.fingerprint["sha256"] or r.seed < 0
+        _started(r, config_fingerprint(cfg))
+    check_submission(sweep, "fp.yaml")  # the same sweep again: its own run dirs (a drawn SEED is the run's)
+    assert [row["state"] for row in run_states(sweep)] == ["done", "done"]  # no test set: done at MAX_ITER
+
+
+def test_sweep_resubmitted_with_another_lr_into_old_run_dirs_is_refused(tmp_path, capsys):
+    path = tmp_path / "lr.yaml"
+    spec = {"name": "lr", "root": str(tmp_path), "config": TINY, "axes": {"seed": [1, 2]},
+            "overrides": SHORT + ["DATASETS.TEST", "()"], "resources": {"cpus_per_task": 1}}
+    path.write_text(yaml.safe_dump(spec))
+    old = load_sweep(str(path))
+    for r in old.runs:
+        _started(r, r.fingerprint)
+    assert [row["state"] for row in run_states(old)] == ["done", "done"]
+    # the same sweep with SOLVER.BASE_LR 0.01 on the command line: refused, also by --dry-run; nothing submitted
+    for extra in (["--dry-run"], []):
+        rc, out, err = submit_main(capsys, "--sweep", str(path), "--cluster", "local", *extra, "SOLVER.BASE_LR", "0.01")
+        assert rc == 2, out + err
+        for name in ("s1", "s2"):
+            assert (f"{path}: run {name}: {tmp_path / 'lr' / name} belongs to another run (its fingerprint.json "
+                    f"records a different config): SOLVER.BASE_LR: 0.02 -> 0.01") in err
+    assert not (tmp_path / "lr" / "submissions.jsonl").exists() and not (tmp_path / "lr" / ".submitit").exists()
+    new = expand({**spec, "overrides": spec["overrides"] + ["SOLVER.BASE_LR", "0.01"]}, str(path))
+    rows = run_states(new)  # status never reports the old files as this config's runs
+    assert [row["state"] for row in rows] == ["stale: belongs to another config (SOLVER.BASE_LR: 0.02 -> 0.01)"] * 2
+    assert "stale: belongs to another config" in format_states(rows)
+    # an old run dir without a fingerprint (from before fingerprints, or detectron2's) is accepted as it is
+    os.remove(RunDir(new.runs[0].output_dir).fingerprint_file)
+    with pytest.raises(SweepError) as e:
+        check_submission(new, str(path))
+    assert "run s1:" not in str(e.value) and "run s2:" in str(e.value)
+
+
+# --- the local executor -----------------------------------------------------------------------------
+def _task_pids(submitit_dir):
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if TASK_MODULE.encode() in cmd and submitit_dir.encode() in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the task's process in /proc")
+def test_local_task_killed_by_sigkill_is_failed_then_resubmitted_and_done(tmp_path):
+    """--cluster local: submit.py returns at once when piped (the job does not hold its stdout), the job
+    runs one rank on the CPU, a task killed by SIGKILL (no result) is `failed (killed)`, --resubmit-failed
+    resumes it, and --wait ends with the run done although it has no test set."""
+    spec = {"name": "kill", "root": str(tmp_path), "config": TINY, "axes": {"seed": [3]},
+            "overrides": SHORT + ["DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0"],
+            "resources": {"cpus_per_task": 1, "time": "00:20:00"}}
+    (tmp_path / "kill.yaml").write_text(yaml.safe_dump(spec))
+    sweep_dir, submitit_dir = str(tmp_path / "kill"), str(tmp_path / "kill" / ".submitit")
+    t0 = time.time()
+    r = cli("launch/submit.py", "--sweep", str(tmp_path / "kill.yaml"), "--cluster", "local")  # stdout: a pipe
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 1x1 " in r.stdout  # one rank on the CPU
+    job_id = yaml.safe_load(open(os.path.join(sweep_dir, "submissions.jsonl")))["jobs"]["s3"]
+    deadline = time.time() + 60
+    while not _task_pids(submitit_dir):
+        assert time.time() < deadline, "the local task never started"
+        time.sleep(0.05)
+    assert job_alive(job_id, submitit_dir), f"submit.py waited for the job ({time.time() - t0:.0f} s)"
+    assert not job_alive(str(os.getpid()), submitit_dir)  # a live pid that is not this sweep's job
+    for pid in _task_pids(submitit_dir):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while job_alive(job_id, submitit_dir):
+        assert time.time() < deadline, "the controller outlived its killed task"
+        time.sleep(0.1)
+    assert os.path.isfile(os.path.join(submitit_dir, job_id, "controller.log"))
+    status = cli("launch/status.py", sweep_dir)
+    assert status.returncode == 0 and " failed (killed) " in status.stdout, status.stdout + status.stderr
+    again = cli("launch/status.py", sweep_dir, "--resubmit-failed")
+    assert "resubmitted 1 runs" in again.stdout, again.stdout + again.stderr
+    done = cli("launch/status.py", sweep_dir, "--wait", timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\ns3 +\d+ +done +6/6\n$", done.stdout), done.stdout  # the last table
+    fingerprint = RunDir(os.path.join(sweep_dir, "s3")).read_fingerprint()
+    if fingerprint is not None:  # what the training recorded is what the launcher compares with
+        assert fingerprint["sha256"] == load_sweep(str(tmp_path / "kill.yaml")).runs[0].fingerprint["sha256"]
 
 
 # --- schedule forking -----------------------------------------------------------------------------
@@ -132,10 +336,14 @@ def test_local_cluster_runs_a_sweep_without_slurm(tmp_path):
 
 def test_cluster_defaults_fit_a_64_core_node_and_a_24h_partition():
     from rethink.cluster.jobs import master_port
-    from rethink.cluster.resources import Resources, parse_time
+    from rethink.cluster.resources import parse_time
 
     res = Resources()
-    assert res.cpus_per_task * res.gpus_per_node <= 64 and parse_time(res.time) <= 24 * 60
+    assert res.cpus_per_task * res.ranks_per_node("slurm") <= 64 and parse_time(res.time) <= 24 * 60
+    assert res.ranks_per_node("slurm", cuda=True) == 8
+    # this machine: one rank on the CPU (not 8 processes sharing its cores), unless asked for more
+    assert res.ranks_per_node("local", cuda=False) == 1
+    assert Resources(gpus_per_node=2).ranks_per_node("local", cuda=False) == 2
     ports = {master_port(str(job)) for job in range(5000)}
     assert min(ports) >= 20000 and max(ports) < 32768  # below the ephemeral range 32768-60999
     assert len(ports) > 3000

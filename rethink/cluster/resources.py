@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import submitit
+import torch
+
+from .local import controller_setup
+
+SLURM_RANKS_PER_NODE = 8  # gpus_per_node when not given: a common 8-GPU node
 
 
 @dataclass
@@ -14,7 +19,8 @@ class Resources:
     file, never from code."""
 
     nodes: int = 1
-    gpus_per_node: int = 8  # ranks per node; GPUs are requested only for MODEL.DEVICE cuda
+    # ranks per node; GPUs are requested only for MODEL.DEVICE cuda. Not given: see ranks_per_node
+    gpus_per_node: Optional[int] = None
     cpus_per_task: int = 8  # x gpus_per_node tasks: 64 CPUs, what a common 8-GPU node has
     time: str = "24:00:00"  # [D-]HH:MM:SS or minutes; longer runs go on through requeues (max_num_timeout)
     partition: Optional[str] = None
@@ -40,6 +46,17 @@ class Resources:
     def updated(self, **kw) -> "Resources":
         return Resources(**{**self.__dict__, **{k: v for k, v in kw.items() if v is not None}})
 
+    def ranks_per_node(self, cluster: str = "slurm", cuda: bool = True) -> int:
+        """Tasks (= ranks) per node: gpus_per_node when given; otherwise 8 on SLURM, and on this machine
+        (`local`, `debug`) one rank per visible GPU with CUDA, one rank on the CPU."""
+        if self.gpus_per_node is not None:
+            if self.gpus_per_node < 1:
+                raise ValueError(f"gpus_per_node = {self.gpus_per_node}: ranks per node must be >= 1")
+            return self.gpus_per_node
+        if cluster == "slurm":
+            return SLURM_RANKS_PER_NODE
+        return max(1, torch.cuda.device_count()) if cuda else 1
+
 
 def parse_time(text) -> int:
     """'72:00:00' / '1-12:00:00' / '90' (minutes) -> minutes."""
@@ -59,9 +76,10 @@ def make_executor(folder: str, cluster: str, res: Resources, cuda: bool, job_nam
         raise RuntimeError("--cluster slurm: `sbatch` is not on PATH (no SLURM client here); "
                            "use --cluster local to run on this machine")
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=res.max_num_timeout)
-    params = dict(name=job_name, nodes=res.nodes, tasks_per_node=res.gpus_per_node, timeout_min=parse_time(res.time))
+    ranks = res.ranks_per_node(cluster, cuda)
+    params = dict(name=job_name, nodes=res.nodes, tasks_per_node=ranks, timeout_min=parse_time(res.time))
     if cuda:
-        params["gpus_per_node"] = res.gpus_per_node
+        params["gpus_per_node"] = ranks
     if cluster == "slurm":
         params.update(cpus_per_task=res.cpus_per_task, slurm_signal_delay_s=res.signal_delay_s,
                       slurm_array_parallelism=res.array_parallelism)
@@ -73,7 +91,8 @@ def make_executor(folder: str, cluster: str, res: Resources, cuda: bool, job_nam
     elif cluster == "local":
         if res.nodes != 1:
             raise ValueError("--cluster local runs on one node; set nodes to 1")
-        # local jobs run side by side: give each task its share of cores, as SLURM would
-        params["local_setup"] = [f"export OMP_NUM_THREADS={res.cpus_per_task}"]
+        # local jobs run side by side: give each task its share of cores, as SLURM would; the job's
+        # controller writes to its own log, not to this process's stdout (which a pipe may read)
+        params["local_setup"] = [f"export OMP_NUM_THREADS={res.cpus_per_task}"] + controller_setup(folder)
     executor.update_parameters(**params)
     return executor

@@ -1,5 +1,14 @@
 """State of a sweep's runs from what is on disk and what the scheduler says: pending, running,
-requeued, done, failed (with the tail of its error), last iteration, latest box/mask AP."""
+requeued, done, failed (with the tail of its error), stale, last iteration, latest box/mask AP.
+
+* done: the final checkpoint exists and the metrics reach MAX_ITER, with AP logged there when the run
+  has a test set (DATASETS.TEST), and the run dir is this run's (no other fingerprint recorded).
+* stale: the run dir recorded another run's fingerprint (a different resolved config): whatever is
+  in it is not this run's, however far it got.
+* failed: the job raised (submitit's error result), or it ended without a result and without
+  finishing: on SLURM sacct says so; a local job (`--cluster local`, job id = its controller's pid)
+  whose processes are gone without a result was killed by a signal: `failed (killed)`.
+"""
 import glob
 import json
 import logging
@@ -12,7 +21,9 @@ from typing import Dict, List, Optional
 import yaml
 
 from ..utils.rundir import RunDir
-from .sweep import Sweep, expand, submissions
+from .local import alive_jobs, job_alive, task_error_tail
+from .preflight import run_dir_conflict
+from .sweep import RunSpec, Sweep, expand, submissions
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +79,41 @@ def _starts(run: RunDir) -> int:
         return sum(1 for line in f if re.search(r"\] Run .* world size", line))
 
 
+def is_done(run: RunDir, spec: RunSpec, metrics: List[dict]) -> bool:
+    """Trained to MAX_ITER (final checkpoint, metrics up to MAX_ITER) and, with a test set, evaluated there."""
+    if spec.evaluates:
+        return run.is_done(spec.max_iter, metrics)
+    return os.path.isfile(run.final_checkpoint) and bool(metrics) and metrics[-1]["iteration"] >= spec.max_iter
+
+
+def _stale(spec: RunSpec) -> str:
+    try:
+        diff = run_dir_conflict(spec)
+    except ValueError as e:  # an unreadable fingerprint.json
+        return f"stale: {e}"
+    if not diff:
+        return ""
+    return f"stale: belongs to another config ({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})"
+
+
+TERMINAL = ("done", "cancelled", "stale", "failed", "blocked")
+
+
+def is_terminal(state: str) -> bool:
+    """Nothing changes this state without a new submission."""
+    return state.startswith(TERMINAL)
+
+
+def is_resubmittable(state: str) -> bool:
+    return state.startswith(("failed", "cancelled", "timeout"))
+
+
 def run_states(sweep: Sweep) -> List[dict]:
     ids = job_ids(sweep)
     subs = submissions(sweep.dir)
     cluster = subs[-1]["cluster"] if subs else "slurm"
+    submitit_dir = os.path.join(sweep.dir, ".submitit")
+    alive = alive_jobs(submitit_dir) if cluster == "local" else None
     rows = []
     for r in sweep.runs:
         run = RunDir(r.output_dir)
@@ -85,10 +127,14 @@ def run_states(sweep: Sweep) -> List[dict]:
             evals = [m for m in metrics if "bbox/AP" in m]
             if evals:
                 row["box_AP"], row["mask_AP"] = evals[-1]["bbox/AP"], evals[-1].get("segm/AP")
-        done = run.is_done(r.max_iter, metrics)
+        stale = _stale(r)
+        done = not stale and is_done(run, r, metrics)
         result = _result(sweep, row["job_id"]) if row["job_id"] else None
         sched = _scheduler_state(sweep, row["job_id"], cluster) if row["job_id"] and not done else None
-        if done:
+        local_alive = job_alive(row["job_id"], submitit_dir, alive) if row["job_id"] and cluster == "local" else None
+        if stale:
+            state = stale
+        elif done:
             state = "done"
         elif result and result[0] == "error":
             state = "failed"
@@ -96,9 +142,16 @@ def run_states(sweep: Sweep) -> List[dict]:
         elif not row["job_id"]:
             state = f"waiting for trunk @{r.fork_from['iteration']}" if r.fork_from else "not submitted"
         elif sched:
-            state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "requeued", "COMPLETED": "finished?",
+            state = {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "requeued",
+                     "COMPLETED": f"failed (ended at iteration {row['iteration']})",
                      "FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timeout", "NODE_FAIL": "failed",
                      "PREEMPTED": "requeued", "OUT_OF_MEMORY": "failed"}.get(sched.split()[0], sched.lower())
+        elif local_alive is False:  # a local job whose processes are gone, not done, no error result
+            if result is None:
+                state = "failed (killed)"
+                row["error"] = task_error_tail(submitit_dir, row["job_id"])
+            else:
+                state = f"failed (ended at iteration {row['iteration']})"
         else:
             state = "running" if row["starts"] else "pending"
         if state == "running" and row["starts"] > 1:
@@ -111,7 +164,7 @@ def run_states(sweep: Sweep) -> List[dict]:
         if trunk == "done":  # done training, but its job may still be submitting branches: wait for it to end
             trunk_job = next(x["job_id"] for x in rows if x["run"] == r.fork_from["trunk"])
             trunk = "done" if _result(sweep, trunk_job) is not None else None
-        if row["state"].startswith("waiting") and trunk in ("failed", "cancelled", "timeout", "done"):
+        if row["state"].startswith("waiting") and trunk and (trunk == "done" or is_resubmittable(trunk)):
             row["state"] = ("blocked: the trunk finished without submitting it (see the trunk's log)" if trunk == "done"
                             else f"blocked: trunk {trunk} before iteration {r.fork_from['iteration']}")
     return rows
@@ -130,7 +183,8 @@ def format_states(rows: List[dict]) -> str:
 
 
 def wait(sweep: Sweep, poll_s: float = 10.0, timeout_s: Optional[float] = None, report=None) -> List[dict]:
-    """Poll until every run is done or failed; `report(rows)` is called when something changes."""
+    """Poll until every run is done, failed, cancelled, stale or blocked (is_terminal); `report(rows)` is
+    called when something changes."""
     start, last = time.time(), None
     while True:
         rows = run_states(sweep)
@@ -138,7 +192,7 @@ def wait(sweep: Sweep, poll_s: float = 10.0, timeout_s: Optional[float] = None, 
         if summary != last and report:
             report(rows)
         last = summary
-        if all(r["state"] in ("done", "failed", "cancelled") or r["state"].startswith("blocked") for r in rows):
+        if all(is_terminal(r["state"]) for r in rows):
             return rows
         if timeout_s and time.time() - start > timeout_s:
             raise TimeoutError(f"sweep {sweep.name}: not finished after {timeout_s:.0f} s")

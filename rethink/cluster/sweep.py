@@ -18,9 +18,13 @@
     resources: {nodes: 1, gpus_per_node: 8, time: "72:00:00", partition: learnfair, array_parallelism: 16}
 
 Every run's config is loaded and validated at expansion time, so a bad key fails before anything
-is submitted.
+is submitted; so do an axis or an `exclude` entry naming no axis of the sweep, an exclude entry that
+matches no run, an axis without values and a subset that cannot be drawn (1of0, half). Errors name the
+sweep file and the entry. What needs the machine (datasets present, run dirs free) is checked when
+submitting and by --dry-run (rethink.cluster.preflight).
 """
 import dataclasses
+import difflib
 import itertools
 import json
 import os
@@ -31,6 +35,9 @@ from typing import Dict, List, Optional
 import yaml
 
 from ..config import describe_schedule, load_config
+from ..data.catalog import SUBSET_RE
+from ..data.subsets import Selection
+from ..utils.fingerprint import config_fingerprint
 from .branches import plan_forks
 from .resources import Resources
 
@@ -63,6 +70,9 @@ class RunSpec:
     fork_from: Optional[dict] = None  # {"trunk": run name, "trunk_dir": ..., "iteration": k}
     checkpoint_iters: List[int] = field(default_factory=list)
     schedule: str = ""  # the resolved schedule in one line (rethink.config.describe_schedule)
+    evaluates: bool = True  # DATASETS.TEST is not empty: the run ends with an evaluation
+    device: str = "cuda"  # MODEL.DEVICE
+    fingerprint: Optional[dict] = None  # utils.fingerprint.config_fingerprint of the resolved config
 
     def gpu_hours(self, res: Resources) -> float:
         spi = res.sec_per_iter or SEC_PER_ITER.get(self.depth, 0.4)
@@ -129,16 +139,12 @@ def load_sweep(path: str, root: Optional[str] = None) -> Sweep:
 def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> Sweep:
     name = spec.get("name") or os.path.splitext(os.path.basename(source))[0]
     root = os.path.abspath(root or spec.get("root", "output/sweeps"))
-    axes: Dict[str, list] = {k: list(v) if isinstance(v, (list, tuple)) else [v]
-                             for k, v in (spec.get("axes") or {}).items()}
-    for axis in axes:
-        if axis not in NAMED_AXES and "." not in axis:
-            raise SweepError(f"{source}: unknown axis {axis!r}: use one of {sorted(NAMED_AXES)} or a config KEY")
+    axes = _check_axes(spec.get("axes"), spec, source)
     template = spec.get("config")
     if not template:
         raise SweepError(f"{source}: 'config' (a file or a template like "
                          "configs/{init}_{norm}_r{depth}.yaml) is required")
-    excludes = spec.get("exclude") or []
+    excludes = _check_excludes(spec.get("exclude"), axes, source)
     common = [str(x) for x in (spec.get("overrides") or [])]
     resources = Resources.from_dict(spec.get("resources"))
     base_dir = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else os.getcwd()
@@ -167,10 +173,15 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
             resolution = {}
             cfg = load_config(config, overrides + ["OUTPUT_DIR", output_dir], resolution=resolution)
         except Exception as e:
-            raise SweepError(f"{source}: run {run_name}: {e}") from None
+            entry = next((f" (axes.{a}: {v!r})" for a, v in values.items() if "." in a and a in str(e)), "")
+            raise SweepError(f"{source}: run {run_name}{entry}: {e}") from None
         runs.append(RunSpec(run_name, config, overrides, output_dir, values, cfg.SOLVER.MAX_ITER,
                             cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.RESNETS.DEPTH, tuple(cfg.SOLVER.STEPS),
-                            cfg.SOLVER.WARMUP_ITERS, cfg.SEED, schedule=describe_schedule(cfg, resolution)))
+                            cfg.SOLVER.WARMUP_ITERS, cfg.SEED, schedule=describe_schedule(cfg, resolution),
+                            evaluates=bool(cfg.DATASETS.TEST), device=cfg.MODEL.DEVICE,
+                            fingerprint=config_fingerprint(cfg)))
+    if not runs:
+        raise SweepError(f"{source}: exclude {excludes} leaves no run")
     if spec.get("fork_schedules"):
         try:
             plan_forks(runs)
@@ -179,14 +190,75 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
     return Sweep(name, root, runs, resources, spec)
 
 
-def plan_table(sweep: Sweep) -> str:
-    """The dry-run table: name, config, overrides, nodes x GPUs, iterations, estimated GPU-hours."""
+def _unknown(kind: str, name, known, source: str, where: str) -> SweepError:
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=2)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return SweepError(f"{source}: {where}: unknown {kind} {name!r}{hint}; known: {sorted(map(str, known))}")
+
+
+def _check_axes(raw, spec: dict, source: str) -> Dict[str, list]:
+    """The axes as {name: [values]}, each a named axis or a config KEY, each with values; subset values
+    are subsets that can be drawn (full, AofB with 0 < A <= B, or an image count)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SweepError(f"{source}: axes: a mapping {{axis: [values]}} is required, not {raw!r}")
+    axes: Dict[str, list] = {}
+    for axis, values in raw.items():
+        if axis not in NAMED_AXES and "." not in str(axis):
+            raise _unknown("axis", axis, list(NAMED_AXES) + ["<any config KEY, e.g. SOLVER.BASE_LR>"], source,
+                           f"axes.{axis}")
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values or any(v is None for v in values):
+            raise SweepError(f"{source}: axes.{axis}: {raw[axis]!r}: every axis needs a list of values")
+        if axis == "subset":
+            for v in values:
+                _check_subset(v, spec, source)
+        axes[axis] = values
+    return axes
+
+
+def _check_subset(value, spec: dict, source: str) -> None:
+    if value == "full":
+        return
+    name = f"{spec.get('train_dataset', 'coco_2017_train')}_{value}_s{spec.get('subset_seed', 0)}"
+    m = SUBSET_RE.match(name)
+    try:
+        if not m or m.group("sel") != str(value):
+            raise ValueError("use full, a fraction AofB (1of3, 1of10, 1of100) or an image count (35k, 3.5k, 1000)")
+        Selection.parse(m.group("sel"))
+    except ValueError as e:
+        raise SweepError(f"{source}: axes.subset: {value!r} is not a subset that can be drawn: {e}") from None
+
+
+def _check_excludes(raw, axes: Dict[str, list], source: str) -> List[dict]:
+    """`exclude` as a list of {axis: value}: every key an axis of this sweep and every value one of that
+    axis's values (anything else is a typo that would exclude nothing)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(ex, dict) and ex for ex in raw):
+        raise SweepError(f"{source}: exclude: a list of {{axis: value}} mappings is required, not {raw!r}")
+    for i, ex in enumerate(raw):
+        where = f"exclude[{i}] {ex}"
+        for axis in ex:
+            if axis not in axes:
+                raise _unknown("axis", axis, list(axes), source, where)
+        for axis, value in ex.items():
+            if value not in axes[axis]:
+                raise SweepError(f"{source}: {where}: {value!r} is not a value of axis {axis!r} "
+                                 f"({axes[axis]}): it would exclude nothing")
+    return raw
+
+
+def plan_table(sweep: Sweep, cluster: str = "slurm") -> str:
+    """The dry-run table: name, config, overrides, nodes x ranks per node, iterations, estimated GPU-hours."""
     res = sweep.resources
-    rows = [("run", "config", "overrides", "nodes x gpus", "iters", "GPU-h (est.)")]
+    rows = [("run", "config", "overrides", "nodes x ranks", "iters", "GPU-h (est.)")]
     for r in sweep.runs:
         fork = f" (branch of {r.fork_from['trunk']} at {r.fork_from['iteration']})" if r.fork_from else ""
+        ranks = res.ranks_per_node(cluster, r.device.startswith("cuda"))
         rows.append((r.name + fork, os.path.relpath(r.config), " ".join(r.overrides),
-                     f"{res.nodes}x{res.gpus_per_node}", str(r.iterations), f"{r.gpu_hours(res):.0f}"))
+                     f"{res.nodes}x{ranks}", str(r.iterations), f"{r.gpu_hours(res):.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
