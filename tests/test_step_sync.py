@@ -24,7 +24,7 @@ def test_no_reduction_before_backward_and_losses_logged_every_period(tmp_path, m
     events = []
     first = next(p for p in trainer.model.parameters() if p.requires_grad)
     first.register_hook(lambda g: events.append("backward") or g)
-    for name in ("reduce_mean", "reduce_mean_tensor", "all_true"):
+    for name in ("reduce_mean", "reduce_mean_tensor", "all_max"):
         real = getattr(comm, name)
         monkeypatch.setattr(comm, name, lambda *a, _real=real, _name=name: events.append(_name) or _real(*a))
     assert trainer_module.comm is comm
@@ -38,10 +38,10 @@ def test_no_reduction_before_backward_and_losses_logged_every_period(tmp_path, m
         trainer.run_step()
     # every step: backward, then the one flag; the losses: one reduction at LOG_PERIOD steps
     per_step = [e for e in events if e != "reduce_mean_tensor"]
-    assert per_step == ["backward", "all_true"] * steps
+    assert per_step == ["backward", "all_max"] * steps
     assert events.count("reduce_mean_tensor") == 1 and "reduce_mean" not in events
     at = events.index("reduce_mean_tensor")
-    assert events[:at].count("all_true") == log_period
+    assert events[:at].count("all_max") == log_period
     assert len(trainer.storage.history["total_loss"]) == log_period  # every step's losses, logged at once
     assert len(trainer._pending_losses) == 1
 

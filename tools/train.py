@@ -21,6 +21,9 @@
 OUTPUT_DIR (default output/<config name>[/<overrides>]) receives config.yaml, log.txt, metrics.jsonl,
 TensorBoard events, model_XXXXXXX.pth, model_final.pth and last_checkpoint (rethink/utils/rundir.py).
 """
+import logging
+import sys
+
 import torch
 
 from rethink.engine import (
@@ -36,6 +39,7 @@ from rethink.engine import (
 )
 from rethink.modeling import build_model
 from rethink.utils.logger import setup_logging
+from rethink.utils.signals import TrainingStopped
 
 
 def setup(args):
@@ -69,5 +73,9 @@ def main(cfg, args):
 if __name__ == "__main__":
     args = default_argument_parser(__doc__).parse_args()
     cfg = setup(args)
-    launch(main, num_processes=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, device=cfg.MODEL.DEVICE, args=(cfg, args))
+    try:
+        launch(main, num_processes=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, device=cfg.MODEL.DEVICE, args=(cfg, args))
+    except TrainingStopped as e:  # SIGTERM / SIGUSR2: the checkpoint is saved; --resume continues
+        logging.getLogger("train").warning("%s; continue with --resume", e)
+        sys.exit(e.exit_code)

@@ -1,14 +1,18 @@
 """Training runs as submitit jobs: on SLURM (one task per GPU, every task one rank, any number of
 nodes) or on this machine (`cluster="local"`), requeued with resume on preemption or timeout.
 
-The job is a class with `__call__` and `checkpoint()` (DETR's run_with_submitit pattern): submitit
-calls `checkpoint()` when SLURM signals a timeout or preemption, and the returned submission is
-requeued under the same job id. Every start of the job resumes from the last checkpoint in the
-run's OUTPUT_DIR, so a requeued run continues where it stopped (metrics readers dedupe iterations).
+The job is a class with `__call__` and `checkpoint()` (DETR's run_with_submitit pattern). When SLURM
+signals (SIGUSR2 before the time limit, SIGTERM on preemption), the training saves a checkpoint at the
+next step boundary (every rank agrees on it: rethink.utils.signals) and stops; then submitit's own
+handler for that signal runs (SIGUSR2: `checkpoint()`, requeue under the same job id; SIGTERM: SLURM
+requeues a preempted job itself). A transient failure (cluster.retry) is requeued too, up to
+`max_retries` per run. Every restart resumes from the last checkpoint in the run's OUTPUT_DIR, with the
+run's saved config.yaml: a config file edited since is reported, not applied.
 """
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import zlib
@@ -18,9 +22,14 @@ import submitit
 
 from ..config import load_config
 from ..engine import launch, load_run_config, main_worker
+from ..engine.ownership import RunDirMismatch
+from ..utils.fingerprint import config_fingerprint, fingerprint_diff
 from ..utils.logger import setup_logging
+from ..utils.rundir import RunDir
+from ..utils.signals import TrainingStopped
 from .branches import BranchSubmitter, prepare_branch
 from .resources import Resources, make_executor
+from .retry import retry_decision
 from .sweep import record_submission
 
 logger = logging.getLogger(__name__)
@@ -61,12 +70,39 @@ def set_dist_env_from_submitit() -> dict:
     return values
 
 
+def restart_config(config: str, overrides: List[str], output_dir: str):
+    """The config a (re)started job trains with. First start: the config file and the overrides.
+    Restart (the run directory has a fingerprint and a config.yaml): the saved config.yaml with the
+    submitted overrides; a difference from the recorded fingerprint means another run was submitted
+    into this directory (RunDirMismatch naming the keys); a config file edited since the first start
+    is reported and not applied."""
+    fresh = load_run_config(config, overrides, resume=True)
+    run = RunDir(output_dir)
+    recorded = run.read_fingerprint()
+    if recorded is None or not os.path.isfile(run.config_file):
+        return fresh
+    cfg = load_config(run.config_file, overrides)
+    diff = fingerprint_diff(recorded, config_fingerprint(cfg))
+    if diff:
+        raise RunDirMismatch(f"{output_dir} belongs to another run: with this job's overrides its saved "
+                             f"{os.path.basename(run.config_file)} changes {'; '.join(diff)}. Submit runs with other "
+                             "settings into their own directories")
+    edited = fingerprint_diff(config_fingerprint(cfg), config_fingerprint(fresh))
+    if edited:
+        logger.warning("%s changed since this run started (%s): not applied; the run continues with its saved %s",
+                       config, "; ".join(edited), run.config_file)
+    return cfg
+
+
 class TrainJob:
     """One training run as a checkpointable submitit job. Every start (first, requeued, resubmitted)
-    resumes from the last checkpoint in the run's OUTPUT_DIR."""
+    resumes from the last checkpoint in the run's OUTPUT_DIR. `max_retries`: requeues after transient
+    failures (cluster.retry), per run."""
 
-    def __init__(self, config: str, overrides: List[str], output_dir: str, fork_from: Optional[dict] = None):
+    def __init__(self, config: str, overrides: List[str], output_dir: str, fork_from: Optional[dict] = None,
+                 max_retries: int = 3):
         self.config, self.overrides, self.output_dir, self.fork_from = config, list(overrides), output_dir, fork_from
+        self.max_retries = max_retries
 
     def run_overrides(self) -> List[str]:
         return self.overrides + ["OUTPUT_DIR", self.output_dir]
@@ -74,16 +110,31 @@ class TrainJob:
     def __call__(self):
         values = set_dist_env_from_submitit()
         setup_logging(None, values["RANK"])
-        cfg = load_run_config(self.config, self.run_overrides(), resume=True)
+        cfg = restart_config(self.config, self.run_overrides(), self.output_dir)
         if self.fork_from:
             prepare_branch(cfg, self.fork_from, rank=values["RANK"])
-        return launch(main_worker, device=cfg.MODEL.DEVICE, args=(cfg, True, False))
+        try:
+            return launch(main_worker, device=cfg.MODEL.DEVICE, args=(cfg, True, False))
+        except TrainingStopped as e:
+            # the checkpoint is saved; submitit's handler for the signal (restored by now) requeues on SIGUSR2
+            # and exits on rank 0; on SIGTERM SLURM requeues a preempted job itself
+            logger.warning("%s", e)
+            handler = signal.getsignal(e.signum)
+            if callable(handler):
+                handler(e.signum, None)
+            raise SystemExit(e.exit_code) from None
+        except Exception as e:
+            why = retry_decision(e, self.output_dir, self.max_retries) if values["RANK"] == 0 else None
+            if why:
+                logger.error("%s: %s", self.output_dir, why)
+                submitit.JobEnvironment()._requeue(self.max_retries)  # scontrol requeue (SLURM) / restart (local)
+            raise
 
     def checkpoint(self, *args, **kwargs):
         logger.warning("Job signalled (timeout or preemption): requeueing %s; it resumes from its last checkpoint",
                        self.output_dir)
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.overrides, self.output_dir,
-                                                           self.fork_from))
+                                                           self.fork_from, self.max_retries))
 
 
 def submit_sweep(sweep, cluster: str = "slurm", only: Optional[List[str]] = None) -> Dict[str, str]:

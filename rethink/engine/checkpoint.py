@@ -4,11 +4,20 @@ then rename), so a crash never leaves a truncated checkpoint or a pointer to a m
 
 A checkpoint holds the model (without DDP's "module." prefix), the optimizer, the number of
 completed iterations, the seed, and the RNG states of this rank.
+
+A resume starts every rank from the same file: rank 0 chooses it (the one `last_checkpoint` names,
+else the newest present), reads it whole and checks that it loads; a damaged one (truncated, garbage,
+unreadable) is reported by name, moved aside to `<name>.damaged` and the next newer-first candidate is
+tried. Rank 0 broadcasts the chosen path and the sha256 of its bytes; every rank hashes what it read
+and a difference is an error naming both digests. Checkpoints present but none readable is an error,
+never a silent start from iteration 0.
 """
+import hashlib
+import io
 import logging
 import os
 import random
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +25,7 @@ import torch
 from ..utils.atomic import atomic_torch_save
 from ..utils.rundir import RunDir
 from ..weights import load_weights
+from . import comm
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,7 @@ class Checkpointer:
         self.scaler = scaler  # AMP GradScaler: its scale must survive a resume too
         self.keep, self.protected = int(keep), {int(k) for k in protected}
         self.run = RunDir(output_dir)
+        self.last_saved: Optional[Tuple[str, int]] = None  # (name, iteration) of this process's last save
 
     def path(self, name: str) -> str:
         return self.run.checkpoint_file(name)
@@ -71,6 +82,7 @@ class Checkpointer:
         path = self.path(name)
         atomic_torch_save(data, path)
         self.run.set_last_checkpoint(path)
+        self.last_saved = (name, iteration)
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
         if self.keep > 0:
             self._prune(path)
@@ -85,12 +97,64 @@ class Checkpointer:
                 logger.info("Removed checkpoint %s (SOLVER.CHECKPOINT_KEEP %d)", p, self.keep)
 
     def last_checkpoint(self) -> Optional[str]:
-        """The checkpoint a resume starts from (None when there is none); see RunDir.last_checkpoint."""
+        """The checkpoint `last_checkpoint` names (None without that file); see RunDir.last_checkpoint."""
         return self.run.last_checkpoint()
 
-    def load_checkpoint(self, path: str) -> dict:
-        """Restore model (strict), optimizer and RNG from one of our checkpoints; returns its dict."""
-        data = torch.load(path, map_location="cpu", weights_only=True)
+    def candidates(self) -> List[str]:
+        """Checkpoints a resume may start from, best first: the one `last_checkpoint` names, then the
+        final one, then the periodic ones, newest first. A pointer to a missing file is reported."""
+        found = []
+        if self.run.has_last_checkpoint():
+            try:
+                found.append(self.run.last_checkpoint())
+            except FileNotFoundError as e:
+                logger.warning("%s; resuming from the newest readable checkpoint instead", e)
+        elif self.run.checkpoints() or os.path.isfile(self.run.final_checkpoint):
+            logger.warning("%s has checkpoints but no %s: resuming from the newest readable one", self.output_dir,
+                           os.path.basename(self.run.last_checkpoint_file))
+        if os.path.isfile(self.run.final_checkpoint):
+            found.append(self.run.final_checkpoint)
+        found += [p for _, p in reversed(self.run.checkpoints())]
+        return list(dict.fromkeys(found))
+
+    def choose(self) -> Tuple[Optional[str], Optional[str], Optional[dict]]:
+        """Rank 0's choice: (path, sha256 of its bytes, its loaded dict), or (None, None, None) when there
+        is no checkpoint at all. Damaged candidates are moved aside with a warning; raises
+        RuntimeError when checkpoints exist and none is readable."""
+        damaged = []
+        for path in self.candidates():
+            try:
+                blob = _read(path)
+                data = _load_bytes(blob)
+                if not isinstance(data, dict) or "model" not in data:
+                    raise ValueError("not a rethink training checkpoint (no 'model')")
+            except Exception as e:  # truncated, garbage, unreadable: report it and try the next
+                aside = path + ".damaged"
+                logger.warning("Checkpoint %s is damaged (%s: %s): moved aside to %s; trying the previous one",
+                               path, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", aside)
+                _move_aside(path, aside)
+                damaged.append(path)
+                continue
+            if damaged or path != self._pointed():
+                self.run.set_last_checkpoint(path)
+            return path, hashlib.sha256(blob).hexdigest(), data
+        if damaged:
+            raise RuntimeError(f"{self.output_dir}: every checkpoint is damaged ({', '.join(damaged)}; moved aside "
+                               "to *.damaged). Not starting from iteration 0 silently: remove the run directory's "
+                               "checkpoints and last_checkpoint to train from the start")
+        return None, None, None
+
+    def _pointed(self) -> Optional[str]:
+        try:
+            return self.run.last_checkpoint()
+        except FileNotFoundError:
+            return None
+
+    def load_checkpoint(self, path: str, data: Optional[dict] = None) -> dict:
+        """Restore model (strict), optimizer and RNG from one of our checkpoints (`data`: its loaded
+        dict, when already read); returns its dict."""
+        if data is None:
+            data = _load_bytes(_read(path))
         unwrap(self.model).load_state_dict(data["model"])
         if self.optimizer is not None and "optimizer" in data:
             self.optimizer.load_state_dict(data["optimizer"])
@@ -102,13 +166,67 @@ class Checkpointer:
         return data
 
     def resume_or_load(self, weights: str, resume: bool) -> int:
-        """With `resume` and a checkpoint in output_dir: restore it and return its iteration.
-        Otherwise load `weights` (MODEL.WEIGHTS; any format rethink.weights reads) and return 0."""
+        """With `resume` and a checkpoint in output_dir: restore it on every rank and return its
+        iteration. Otherwise load `weights` (MODEL.WEIGHTS; any format rethink.weights reads) and
+        return 0. A collective: call it on every rank."""
         if resume:
-            last = self.last_checkpoint()
-            if last:
-                return int(self.load_checkpoint(last).get("iteration", 0))
+            choice = {"path": None}
+            data = None
+            if comm.is_main_process():
+                try:
+                    path, digest, data = self.choose()
+                    choice = {"path": path, "sha256": digest}
+                except Exception as e:
+                    choice = {"error": f"{type(e).__name__}: {e}"}
+            choice = comm.broadcast(choice)
+            if "error" in choice:
+                raise RuntimeError(f"resume from {self.output_dir} (rank 0 chose): {choice['error']}")
+            if choice["path"]:
+                data = self._agree(choice["path"], choice["sha256"], data)
+                return int(self.load_checkpoint(choice["path"], data).get("iteration", 0))
             logger.info("No checkpoint in %s: starting from MODEL.WEIGHTS", self.output_dir)
         if weights:
             load_weights(unwrap(self.model), weights)
         return 0
+
+    def _agree(self, path: str, digest: str, data: Optional[dict]) -> dict:
+        """Every rank's copy of rank 0's choice, checked: each hashes the bytes it read; rank 0 compares
+        and every rank raises when any differs (naming rank, path and both digests)."""
+        mine, problem = digest, None
+        if not comm.is_main_process():
+            try:
+                blob = _read(path)
+                mine = hashlib.sha256(blob).hexdigest()
+                data = _load_bytes(blob) if mine == digest else None
+            except Exception as e:
+                mine, problem = None, f"{type(e).__name__}: {e}"
+        seen = comm.gather_to_main((comm.get_rank(), mine, problem))
+        verdict = None
+        if comm.is_main_process():
+            bad = [f"rank {r} read {'sha256 ' + h if h else 'nothing'}{' (' + p + ')' if p else ''}"
+                   for r, h, p in seen if h != digest]
+            if bad:
+                verdict = (f"resume: the ranks read different bytes for {path}: rank 0 chose it with sha256 {digest}, "
+                           f"{'; '.join(bad)}. Is the file system showing nodes different contents?")
+        verdict = comm.broadcast(verdict)
+        if verdict:
+            raise RuntimeError(verdict)
+        return data
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _load_bytes(blob: bytes) -> dict:
+    if not blob:
+        raise ValueError("empty file")
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+def _move_aside(path: str, aside: str) -> None:
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        logger.warning("Could not move %s aside (%s)", path, e)

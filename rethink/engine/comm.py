@@ -39,12 +39,12 @@ def broadcast(obj, src: int = 0):
     return box[0]
 
 
-def all_true(flag: torch.Tensor) -> bool:
-    """True when `flag` (a boolean scalar tensor) is true on every rank: one reduction, one sync."""
-    flag = flag.to(torch.int32)
+def all_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks of an integer tensor (on the device the backend reduces on)."""
+    t = t.clone()
     if get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def reduce_mean_tensor(t: torch.Tensor) -> torch.Tensor:

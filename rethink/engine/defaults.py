@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from ..config import describe_schedule, load_config
-from ..data import get_dataset_spec
+from ..data import check_datasets
 from ..modeling import build_model
 from ..utils.atomic import atomic_write_text
 from ..utils.logger import setup_logging
 from ..utils.rundir import RunDir
+from ..utils.runlock import RunDirBusy
 from . import comm
 from .checkpoint import Checkpointer
+from .ownership import RunDirMismatch, claim_run_dir
 from .trainer import Trainer, evaluate, flatten_results
 from .worker import set_num_threads
 
@@ -74,10 +76,10 @@ def load_run_config(config_path: str, overrides, resume: bool = False):
 
 
 def check_run(cfg, eval_only: bool = False) -> None:
-    """Fail fast, before any rank starts: missing dataset files (named), then a CUDA device that
-    is not there."""
-    for name in ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST):
-        get_dataset_spec(name)
+    """Fail fast, before any rank starts: the datasets (rethink.data.preflight: annotation files found,
+    parsed and not empty, every image file present; errors name the json and list the missing files),
+    then a CUDA device that is not there."""
+    check_datasets([] if eval_only else list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TEST))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
                            "add `MODEL.DEVICE cpu` to run on the CPU")
@@ -100,7 +102,8 @@ def setup_torch_backends(cfg, eval_only: bool = False) -> None:
 
 def default_setup(cfg, eval_only: bool = False):
     """This rank's set-up, first thing in every rank: logging to the run's log file, torch flags, rank
-    0's SEED on every rank, CPU threads; rank 0 creates OUTPUT_DIR and saves the resolved config there.
+    0's SEED on every rank, CPU threads; for a training, rank 0 claims OUTPUT_DIR (engine.ownership:
+    lock, fingerprint, clean-up; a refusal raises on every rank); rank 0 saves the resolved config.
     Returns the config (with the agreed SEED)."""
     setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
     setup_torch_backends(cfg, eval_only)
@@ -111,6 +114,15 @@ def default_setup(cfg, eval_only: bool = False):
         cfg.SEED = seed
         cfg.freeze()
     set_num_threads()  # SLURM_CPUS_PER_TASK, else this machine's cores shared among its ranks
+    refusal = None
+    if comm.is_main_process() and not eval_only:
+        try:
+            claim_run_dir(cfg)
+        except (RunDirBusy, RunDirMismatch) as e:
+            refusal = (type(e).__name__, str(e))
+    refusal = comm.broadcast(refusal)
+    if refusal:
+        raise {"RunDirBusy": RunDirBusy, "RunDirMismatch": RunDirMismatch}[refusal[0]](refusal[1])
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         atomic_write_text(RunDir(cfg.OUTPUT_DIR).config_file, cfg.dump())

@@ -2,9 +2,15 @@
 process group already described by the environment (`env://`: torchrun, SLURM via submitit).
 
     launch(main, num_processes=8, args=(cfg_args,))
+
+A training stopped by a signal (utils.signals) raises TrainingStopped out of launch() in every mode:
+the spawning process forwards SIGTERM / SIGUSR2 to its ranks, each saves and exits with 128 + the
+signal, and the spawner raises it again. Any other failure of one rank ends the others (gloo notices
+the lost peer at once; torch's spawn terminates the rest; under SLURM, srun --kill-on-bad-exit).
 """
 import logging
 import os
+import signal
 import socket
 from datetime import timedelta
 
@@ -12,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..utils.signals import STOP_SIGNALS, TrainingStopped
 from . import comm
 
 logger = logging.getLogger(__name__)
@@ -55,8 +62,37 @@ def _worker(local_rank, main, num_processes, machine_rank, num_machines, dist_ur
     init_process_group(backend, rank, num_processes * num_machines, local_rank, dist_url)
     try:
         main(*args)
+    except TrainingStopped as e:
+        raise SystemExit(e.exit_code)  # the spawner sees the code and raises TrainingStopped itself
     finally:
         dist.destroy_process_group()
+
+
+def _spawn(num_processes, args):
+    """Start the local ranks, forward stop signals to them, wait; TrainingStopped when they stopped on one."""
+    ctx = mp.start_processes(_worker, nprocs=num_processes, start_method="spawn", args=args, join=False)
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for p in ctx.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        while not ctx.join():
+            pass
+    except mp.ProcessExitedException as e:
+        codes = {128 + s: s for s in STOP_SIGNALS}
+        if e.exit_code in codes:
+            raise TrainingStopped(codes[e.exit_code]) from None
+        if received and e.signal_name:
+            raise TrainingStopped(received[0]) from e
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def launch(main, num_processes: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
@@ -86,5 +122,4 @@ def launch(main, num_processes: int = 1, num_machines: int = 1, machine_rank: in
             raise ValueError("dist_url='auto' works on one machine only; give tcp://HOST:PORT of machine 0")
         dist_url = f"tcp://127.0.0.1:{free_port()}"
     logger.info("Spawning %d ranks (%s, %s)", num_processes, backend, dist_url)
-    mp.start_processes(_worker, nprocs=num_processes, start_method="spawn",
-                       args=(main, num_processes, machine_rank, num_machines, dist_url, backend, args))
+    _spawn(num_processes, (main, num_processes, machine_rank, num_machines, dist_url, backend, args))

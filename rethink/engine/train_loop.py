@@ -7,13 +7,17 @@ subclass (the detection trainer, the classification pre-trainer).
 
 `trainer.iter` is the 0-based index of the step being run; `trainer.completed` the number of
 iterations done after it (what checkpoints, metrics and schedules count). `check_finite` is the
-step's loss check, after backward and before the update.
+step's one agreement among the ranks, after backward and before the update: are the losses finite
+everywhere, and has any rank received a stop signal (utils.signals)? A stop agreed there ends the
+loop after that step: `save_for_stop()` (the subclass's checkpoint), then TrainingStopped.
 """
 import logging
+from contextlib import nullcontext
 from typing import Dict, List
 
 import torch
 
+from ..utils.signals import StopRequest, TrainingStopped
 from . import comm
 from .events import EventStorage
 
@@ -21,13 +25,17 @@ logger = logging.getLogger(__name__)
 LOG_PERIOD = 20
 
 
-def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = "") -> None:
-    """Raise FloatingPointError on every rank when the losses of the step that completes `iteration`
-    are NaN or inf on any rank: one reduced flag (one sync, no reduction of the losses themselves),
-    then, only to name the terms in the message, their means over the ranks. `note` ends the message
-    (what is kept, what to try). Call it on every rank, after backward and before the update."""
-    if comm.all_true(torch.isfinite(sum(v.detach() for v in losses.values()))):
-        return
+def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = "", stop: int = 0) -> int:
+    """The step's agreement, on every rank after backward and before the update: one reduction of two
+    flags (one sync, no reduction of the losses themselves). Raises FloatingPointError on every rank
+    when the losses of the step that completes `iteration` are NaN or inf on any rank (then, only to
+    name the terms in the message, their means over the ranks; `note` ends the message: what is kept,
+    what to try). Returns the largest `stop` (a signal number, 0 for none) of any rank."""
+    total = sum(v.detach() for v in losses.values())
+    flags = torch.stack([(~torch.isfinite(total)).to(torch.int64), torch.tensor(int(stop), device=total.device)])
+    not_finite, stop = comm.all_max(flags).tolist()
+    if not not_finite:
+        return int(stop)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(losses).items())
     raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms}. {note}".rstrip())
 
@@ -37,6 +45,8 @@ class TrainerBase:
         self.hooks: List = []
         self.start_iter = self.iter = self.max_iter = 0
         self.storage = EventStorage(0, window=LOG_PERIOD)
+        self.stop_request = StopRequest()  # what this rank received; installed while train() runs
+        self.stop_agreed = 0  # the signal all ranks agreed to stop on (run_step sets it via check_finite)
 
     @property
     def completed(self) -> int:
@@ -53,15 +63,29 @@ class TrainerBase:
         self.start_iter, self.max_iter = start_iter, max_iter
         self.storage = EventStorage(start_iter, window=LOG_PERIOD)
         self.iter = start_iter - 1  # `completed` == start_iter before the first step
-        self.before_train()
-        try:
-            for self.iter in range(start_iter, max_iter):
-                self.storage.iter = self.iter + 1
-                self.before_step()
-                self.run_step()
-                self.after_step()
-        finally:
-            self.after_train()
+        self.stop_agreed = 0
+        stoppable = type(self).save_for_stop is not TrainerBase.save_for_stop  # else signals act as usual
+        with self.stop_request if stoppable else nullcontext():
+            self.before_train()
+            try:
+                for self.iter in range(start_iter, max_iter):
+                    self.storage.iter = self.iter + 1
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self.stop_agreed and self.completed < max_iter:
+                        break
+            finally:
+                self.after_train()
+        if self.stop_agreed and self.completed < max_iter:
+            path = self.save_for_stop()
+            comm.synchronize()  # no rank exits (and gets the job step killed) while rank 0 still writes
+            raise TrainingStopped(self.stop_agreed, self.completed, path)
+
+    def save_for_stop(self):
+        """Save what a resume needs after `completed` iterations (the ranks agreed to stop); returns the
+        path rank 0 wrote, or None."""
+        raise NotImplementedError
 
     def before_train(self):
         for h in self.hooks:

@@ -20,6 +20,7 @@ from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from ..modeling import build_model
+from ..utils.rundir import checkpoint_name
 from . import comm
 from .checkpoint import Checkpointer, unwrap
 from .hooks import EvalHook, IterationTimer, LRScheduler, MetricsWriter, PeriodicCheckpointer, PreciseBN
@@ -114,7 +115,8 @@ class Trainer(TrainerBase):
         self.optimizer.zero_grad(set_to_none=True)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         (self.scaler.scale(losses) if self.scaler is not None else losses).backward()
-        check_finite(loss_dict, self.iter + 1, f"The last good checkpoint in {self.cfg.OUTPUT_DIR} is kept.")
+        self.stop_agreed = check_finite(loss_dict, self.iter + 1, f"The last good checkpoint in {self.cfg.OUTPUT_DIR} "
+                                        "is kept.", stop=self.stop_request.signum)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
             clip_gradients(self.cfg, params)
@@ -128,6 +130,14 @@ class Trainer(TrainerBase):
             self._put_losses()
         self.storage.put_scalar("data_time", data_time)
         self.storage.put_scalar("world_size", self.world_size, smoothing=False)
+
+    def save_for_stop(self):
+        """The checkpoint after `completed` iterations (unless the periodic one was just written there)."""
+        done = self.completed
+        name = checkpoint_name(done)
+        if self.checkpointer.last_saved == (name, done):
+            return self.checkpointer.path(name) if comm.is_main_process() else None
+        return self.checkpointer.save(name, done, seed=self.cfg.SEED)
 
     def _log_due(self, done: int) -> bool:
         eval_period = self.cfg.TEST.EVAL_PERIOD

@@ -1,0 +1,57 @@
+"""Stop signals: SIGTERM (preemption, scancel) and SIGUSR2 (SLURM's warning before the time limit,
+submitit's `--signal USR2@<delay>`). While a training runs, a stop signal only records itself; the
+ranks agree on it at the next step boundary (in the step's one reduction, train_loop.check_finite),
+every rank stops after the same iteration, rank 0 saves a checkpoint there and the training raises
+:class:`TrainingStopped`. Whoever started the training then exits (tools/train.py) or requeues
+(rethink.cluster.jobs: submitit's own handler, restored by then, does the requeue on SIGUSR2).
+"""
+import logging
+import signal
+import threading
+from typing import Dict, Optional
+
+logger = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class TrainingStopped(Exception):
+    """Training ended early on a stop signal, after saving `checkpoint` at `iteration` (rank 0's path;
+    None on the other ranks, or when nothing had to be saved)."""
+
+    def __init__(self, signum: int, iteration: Optional[int] = None, checkpoint: Optional[str] = None):
+        self.signum, self.iteration, self.checkpoint = int(signum), iteration, checkpoint
+        at = f" after iteration {iteration}" if iteration is not None else ""
+        saved = f"; checkpoint {checkpoint}" if checkpoint else ""
+        super().__init__(f"training stopped by {signal.Signals(self.signum).name}{at}{saved}")
+
+    @property
+    def exit_code(self) -> int:
+        """What a process stopped by this signal exits with (the shell's 128 + signal number)."""
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Records the first stop signal while installed (`with StopRequest() as stop: ... stop.signum`).
+    Only the main thread can install signal handlers; elsewhere it records nothing."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: Dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if not self.signum:
+            self.signum = signum
+            logger.warning("Received %s: stopping after the step in progress, with a checkpoint",
+                           signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
