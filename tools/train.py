@@ -58,7 +58,8 @@ def main(cfg, args):
     if args.eval_only:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, args.resume,
+                                                          cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
         results = evaluate(cfg, model, device)  # COCO box/mask AP on every DATASETS.TEST
         save_eval_results(cfg, results)
         return results

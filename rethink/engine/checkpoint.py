@@ -165,9 +165,10 @@ class Checkpointer:
         logger.info("Resumed from %s (iteration %d)", path, data.get("iteration", 0))
         return data
 
-    def resume_or_load(self, weights: str, resume: bool) -> int:
+    def resume_or_load(self, weights: str, resume: bool, min_backbone_match: Optional[float] = None) -> int:
         """With `resume` and a checkpoint in output_dir: restore it on every rank and return its
-        iteration. Otherwise load `weights` (MODEL.WEIGHTS; any format rethink.weights reads) and
+        iteration. Otherwise load `weights` (MODEL.WEIGHTS; any format rethink.weights reads; refused when
+        it fills less than `min_backbone_match` of the backbone, MODEL.WEIGHTS_MIN_BACKBONE_MATCH) and
         return 0. A collective: call it on every rank."""
         if resume:
             choice = {"path": None}
@@ -186,7 +187,7 @@ class Checkpointer:
                 return int(self.load_checkpoint(choice["path"], data).get("iteration", 0))
             logger.info("No checkpoint in %s: starting from MODEL.WEIGHTS", self.output_dir)
         if weights:
-            load_weights(unwrap(self.model), weights)
+            load_weights(unwrap(self.model), weights, min_backbone_match)
         return 0
 
     def _agree(self, path: str, digest: str, data: Optional[dict]) -> dict:

@@ -147,7 +147,8 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     if eval_only:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume,
+                                                          cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
         results = evaluate(cfg, model, device)
         save_eval_results(cfg, results)
         return results

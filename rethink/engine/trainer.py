@@ -69,7 +69,8 @@ class Trainer(TrainerBase):
         self._pending_losses: List[Dict[str, torch.Tensor]] = []
 
     def resume_or_load(self, resume: bool = True) -> int:
-        self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume)
+        self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume,
+                                                           self.cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
         return self.start_iter
 
     def build_hooks(self) -> List:
