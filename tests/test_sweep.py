@@ -50,9 +50,9 @@ def cli(*args, env=None, timeout=120):
                           env={**os.environ, **(env or {})})
 
 
-def submit_main(capsys, *args):
-    """launch/submit.py's main in this process (a subprocess spends seconds importing torch): rc, stdout, stderr."""
-    spec = importlib.util.spec_from_file_location("launch_submit", ROOT / "launch" / "submit.py")
+def launch_main(capsys, tool, *args):
+    """launch/<tool>.py's main in this process (a subprocess spends seconds importing torch): rc, stdout, stderr."""
+    spec = importlib.util.spec_from_file_location(f"launch_{tool}", ROOT / "launch" / f"{tool}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     capsys.readouterr()
@@ -151,7 +151,7 @@ def test_dry_run_cli_refuses_sweep_file_errors(tmp_path, capsys):
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump({"name": "typo", "root": str(tmp_path), "config": TINY, "axes": AXES,
                                     "exclude": [{"schedul": "2x"}]}))
-    rc, out, err = submit_main(capsys, "--sweep", str(path), "--dry-run")
+    rc, out, err = launch_main(capsys, "submit", "--sweep", str(path), "--dry-run")
     assert rc == 2 and out == ""
     assert err.startswith(f"error: {path}: exclude[0] {{'schedul': '2x'}}: unknown axis 'schedul'")
 
@@ -208,7 +208,8 @@ def test_sweep_resubmitted_with_another_lr_into_old_run_dirs_is_refused(tmp_path
     assert [row["state"] for row in run_states(old)] == ["done", "done"]
     # the same sweep with SOLVER.BASE_LR 0.01 on the command line: refused, also by --dry-run; nothing submitted
     for extra in (["--dry-run"], []):
-        rc, out, err = submit_main(capsys, "--sweep", str(path), "--cluster", "local", *extra, "SOLVER.BASE_LR", "0.01")
+        rc, out, err = launch_main(capsys, "submit", "--sweep", str(path), "--cluster", "local", *extra,
+                                   "SOLVER.BASE_LR", "0.01")
         assert rc == 2, out + err
         for name in ("s1", "s2"):
             assert (f"{path}: run {name}: {tmp_path / 'lr' / name} belongs to another run (its fingerprint.json "
@@ -239,7 +240,7 @@ def _task_pids(submitit_dir):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the task's process in /proc")
-def test_local_task_killed_by_sigkill_is_failed_then_resubmitted_and_done(tmp_path):
+def test_local_task_killed_by_sigkill_is_failed_then_resubmitted_and_done(tmp_path, capsys):
     """--cluster local: submit.py returns at once when piped (the job does not hold its stdout), the job
     runs one rank on the CPU, a task killed by SIGKILL (no result) is `failed (killed)`, --resubmit-failed
     resumes it, and --wait ends with the run done although it has no test set."""
@@ -266,13 +267,12 @@ def test_local_task_killed_by_sigkill_is_failed_then_resubmitted_and_done(tmp_pa
         assert time.time() < deadline, "the controller outlived its killed task"
         time.sleep(0.1)
     assert os.path.isfile(os.path.join(submitit_dir, job_id, "controller.log"))
-    status = cli("launch/status.py", sweep_dir)
-    assert status.returncode == 0 and " failed (killed) " in status.stdout, status.stdout + status.stderr
-    again = cli("launch/status.py", sweep_dir, "--resubmit-failed")
-    assert "resubmitted 1 runs" in again.stdout, again.stdout + again.stderr
-    done = cli("launch/status.py", sweep_dir, "--wait", timeout=400)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"\ns3 +\d+ +done +6/6\n$", done.stdout), done.stdout  # the last table
+    rc, out, err = launch_main(capsys, "status", sweep_dir)
+    assert rc == 0 and re.search(rf"\ns3 +{job_id} +failed \(killed\) +0/6", out), out + err
+    rc, out, err = launch_main(capsys, "status", sweep_dir, "--resubmit-failed")
+    assert "resubmitted 1 runs" in out, out + err
+    rc, out, err = launch_main(capsys, "status", sweep_dir, "--wait")
+    assert rc == 0 and re.search(r"\ns3 +\d+ +done +6/6\n$", out), out + err  # the last table
     fingerprint = RunDir(os.path.join(sweep_dir, "s3")).read_fingerprint()
     if fingerprint is not None:  # what the training recorded is what the launcher compares with
         assert fingerprint["sha256"] == load_sweep(str(tmp_path / "kill.yaml")).runs[0].fingerprint["sha256"]
