@@ -7,7 +7,8 @@ requeued, done, failed (with the tail of its error), stale, last iteration, late
   in it is not this run's, however far it got.
 * failed: the job raised (submitit's error result), or it ended without a result and without
   finishing: on SLURM sacct says so; a local job (`--cluster local`, job id = its controller's pid)
-  whose processes are gone without a result was killed by a signal: `failed (killed)`.
+  whose processes are gone without a result was killed by a signal: `failed (killed)`. (Only the
+  machine that ran a local job can tell: elsewhere it reads running/pending, as its log says.)
 """
 import glob
 import json
@@ -15,6 +16,7 @@ import logging
 import os
 import pickle
 import re
+import socket
 import time
 from typing import Dict, List, Optional
 
@@ -114,6 +116,9 @@ def run_states(sweep: Sweep) -> List[dict]:
     cluster = subs[-1]["cluster"] if subs else "slurm"
     submitit_dir = os.path.join(sweep.dir, ".submitit")
     alive = alive_jobs(submitit_dir) if cluster == "local" else None
+    # local jobs submitted on another machine: their processes are not in this one's process table
+    elsewhere = {j for sub in subs if sub.get("host", socket.gethostname()) != socket.gethostname()
+                 for j in sub["jobs"].values()}
     rows = []
     for r in sweep.runs:
         run = RunDir(r.output_dir)
@@ -131,7 +136,8 @@ def run_states(sweep: Sweep) -> List[dict]:
         done = not stale and is_done(run, r, metrics)
         result = _result(sweep, row["job_id"]) if row["job_id"] else None
         sched = _scheduler_state(sweep, row["job_id"], cluster) if row["job_id"] and not done else None
-        local_alive = job_alive(row["job_id"], submitit_dir, alive) if row["job_id"] and cluster == "local" else None
+        local_alive = (job_alive(row["job_id"], submitit_dir, alive)
+                       if row["job_id"] and cluster == "local" and row["job_id"] not in elsewhere else None)
         if stale:
             state = stale
         elif done:

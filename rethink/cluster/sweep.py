@@ -28,6 +28,7 @@ import difflib
 import itertools
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -284,14 +285,16 @@ def fork_summary(sweep: Sweep) -> str:
 
 
 def record_submission(sweep: Sweep, cluster: str, jobs: Dict[str, str]) -> None:
-    """Append {time, cluster, run -> job id} to <sweep dir>/submissions.jsonl and save the sweep spec."""
+    """Append {time, cluster, host, run -> job id} to <sweep dir>/submissions.jsonl and save the sweep spec
+    (host: where local jobs run, the only machine that can tell whether they still do)."""
     os.makedirs(sweep.dir, exist_ok=True)
     with open(os.path.join(sweep.dir, "sweep.yaml"), "w") as f:
         # flags given at submission (partition, account, ...) are kept, so resubmission asks for the same
         yaml.safe_dump({**sweep.source, "name": sweep.name, "root": sweep.root,
                         "resources": dataclasses.asdict(sweep.resources)}, f, sort_keys=False)
     with open(os.path.join(sweep.dir, "submissions.jsonl"), "a") as f:
-        f.write(json.dumps({"time": time.time(), "cluster": cluster, "jobs": jobs}) + "\n")
+        record = {"time": time.time(), "cluster": cluster, "host": socket.gethostname(), "jobs": jobs}
+        f.write(json.dumps(record) + "\n")
 
 
 def submissions(sweep_dir: str) -> List[dict]:
