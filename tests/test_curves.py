@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rethink.config import load_config
-from rethink.engine.events import read_metrics
+from rethink.engine.events import JSONWriter, read_metrics
 from rethink.results.curves import plot_curves, reference_for
 from rethink.results.report import build_table, write_table
 from rethink.results.runs import RunSettings, find_runs, settings_from_config
@@ -49,9 +49,17 @@ def test_read_metrics_keeps_last_entry_per_iteration(tmp_path):
                  '{"iteration": 40, "loss": 3}\n{"iteration": 20, "loss": 4}\n{"iteration": 60, "lo')
     m = read_metrics(str(p))
     assert m == [{"iteration": 20, "loss": 4}, {"iteration": 40, "loss": 3, "bbox/AP": 5}]
-    p.write_text('{"iteration": 20}\nnot json\n{"iteration": 40}\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
-        read_metrics(str(p))
+    p.write_text('{"iteration": 20}\nnot json\n{"iteration": 40}\n{"iteration": 60, "lo{"iteration": 60}\n')
+    assert read_metrics(str(p)) == [{"iteration": 20}, {"iteration": 40}]  # damaged lines skipped anywhere
+
+
+def test_metrics_writer_after_a_truncated_line_starts_a_new_one(tmp_path, caplog):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"iteration": 20, "loss": 1}\n{"iteration": 40, "lo')  # killed mid-write
+    JSONWriter(str(p)).write(40, {"loss": 2.0})  # the resumed run appends
+    m = read_metrics(str(p))
+    assert [(x["iteration"], x["loss"]) for x in m] == [(20, 1), (40, 2.0)]
+    assert "metrics.jsonl:2: skipping a damaged line" in caplog.text
 
 
 def test_curves_csv_values_with_seeds_and_requeue(tmp_path):

@@ -62,8 +62,14 @@ class JSONWriter:
         if not scalars:
             return
         record = {"iteration": iteration, "wall_time": round(time.time(), 3), **scalars}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
+        with open(self.path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            # after a crash mid-line, start on a new line: the damaged one stays alone (readers skip it)
+            glue = b""
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                glue = b"" if f.read(1) == b"\n" else b"\n"
+            f.write(glue + (json.dumps(record, sort_keys=False) + "\n").encode())
             f.flush()
 
 

@@ -17,9 +17,9 @@
 
 Metrics are appended, and a requeued run appends again from its last checkpoint, so a file can hold an
 iteration twice: readers keep the last entry per iteration, merging the keys written for it.
-:func:`read_metrics` is strict (the engine, status, branches: a bad line other than a truncated last
-one is an error naming file and line); :func:`read_metrics_lenient` is for curves (every bad line is a
-warning, non-finite numbers become None, detectron2's 0-based iterations become completed ones).
+:func:`read_metrics` reads rethink's own file (the engine, status, branches); :func:`read_metrics_lenient`
+is for curves (non-finite numbers become None, detectron2's 0-based iterations become completed ones).
+Both skip a damaged line anywhere with a warning naming file and line.
 """
 import json
 import logging
@@ -221,23 +221,23 @@ class RunDir:
 
 def read_metrics(path: str) -> List[dict]:
     """Entries of a metrics.jsonl sorted by iteration, one per iteration: later lines for the same
-    iteration (a requeued run repeating it) replace earlier values key by key. A truncated last line
-    (a crash mid-write) is skipped with a warning; any other bad line is an error naming file and line."""
+    iteration (a requeued run repeating it) replace earlier values key by key. A damaged line (a crash
+    mid-write leaves one, and a resumed run appends after it) is skipped with a warning naming file
+    and line, wherever it is."""
     merged: Dict[int, dict] = {}
-    with open(path) as f:
+    with open(path, errors="replace") as f:
         lines = f.readlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines) and not line.endswith("\n"):
-                logger.warning("%s: ignoring truncated last line %d", path, n)
-                continue
-            raise ValueError(f"{path}:{n}: not a JSON object: {e}") from None
-        if "iteration" not in entry:
-            raise ValueError(f"{path}:{n}: entry without 'iteration'")
+            if not isinstance(entry, dict) or not isinstance(entry.get("iteration"), int):
+                raise ValueError("not an object with an integer 'iteration'")
+        except ValueError as e:
+            what = "truncated last line" if n == len(lines) and not line.endswith("\n") else "damaged line"
+            logger.warning("%s:%d: skipping a %s (%s)", path, n, what, e)
+            continue
         merged.setdefault(int(entry["iteration"]), {}).update(entry)
     return [merged[k] for k in sorted(merged)]
 
