@@ -98,7 +98,7 @@ def _stale(spec: RunSpec) -> str:
     return f"stale: belongs to another config ({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})"
 
 
-TERMINAL = ("done", "cancelled", "stale", "failed", "blocked")
+TERMINAL = ("done", "cancelled", "stale", "failed", "blocked", "not submitted")
 
 
 def is_terminal(state: str) -> bool:
