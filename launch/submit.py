@@ -26,7 +26,7 @@ from rethink.cluster.sweep import SweepError, expand, load_sweep, plan_table
 from rethink.engine.defaults import run_name
 
 RESOURCE_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "time", "partition", "account", "qos", "constraint",
-                  "mem", "comment", "array_parallelism", "max_num_timeout", "signal_delay_s")
+                  "mem", "comment", "array_parallelism", "max_num_timeout", "max_retries", "signal_delay_s")
 
 
 def parse_args(argv=None):
@@ -46,6 +46,7 @@ def parse_args(argv=None):
         p.add_argument(f"--{flag}")
     p.add_argument("--array-parallelism", type=int, help="runs of a sweep at once")
     p.add_argument("--max-num-timeout", type=int, help="requeues after timeouts")
+    p.add_argument("--max-retries", type=int, help="requeues after transient failures (CUDA OOM, a lost peer), per run")
     p.add_argument("--signal-delay-s", type=int, help="seconds between SLURM's warning signal and the kill")
     p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="any other #SBATCH option")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides for every run")

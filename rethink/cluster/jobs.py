@@ -153,14 +153,15 @@ def submit_sweep(sweep, cluster: str = "slurm", only: Optional[List[str]] = None
             branches = [b for b in sweep.runs if b.fork_from and b.fork_from["trunk"] == r.name]
             overrides = r.overrides + _checkpoint_iters(r)
             if r.fork_from:
-                job = TrainJob(r.config, overrides, r.output_dir, fork_from=r.fork_from)
+                job = TrainJob(r.config, overrides, r.output_dir, fork_from=r.fork_from,
+                               max_retries=sweep.resources.max_retries)
             elif branches:
                 specs = [{"name": b.name, "config": b.config, "overrides": b.overrides, "output_dir": b.output_dir,
                           "fork_from": b.fork_from} for b in branches]
                 job = TrunkJob(r.config, overrides, r.output_dir, specs, cluster, sweep.resources, folder, cuda,
                                sweep.name)
             else:
-                job = TrainJob(r.config, overrides, r.output_dir)
+                job = TrainJob(r.config, overrides, r.output_dir, max_retries=sweep.resources.max_retries)
             jobs_by_run[r.name] = executor.submit(job)
     ids = {name: job.job_id for name, job in jobs_by_run.items()}
     record_submission(sweep, cluster, ids)
@@ -180,7 +181,7 @@ class TrunkJob(TrainJob):
 
     def __init__(self, config, overrides, output_dir, branches: List[dict], cluster: str, resources: Resources,
                  folder: str, cuda: bool, job_name: str = "rethink"):
-        super().__init__(config, overrides, output_dir)
+        super().__init__(config, overrides, output_dir, max_retries=resources.max_retries)
         self.branches, self.cluster, self.resources = branches, cluster, resources
         self.folder, self.cuda, self.job_name = folder, cuda, job_name
 
@@ -191,7 +192,7 @@ class TrunkJob(TrainJob):
             if conf:
                 os.environ["SLURM_CONF"] = conf
             job = executor.submit(TrainJob(branch["config"], branch["overrides"], branch["output_dir"],
-                                           fork_from=branch["fork_from"]))
+                                           fork_from=branch["fork_from"], max_retries=self.resources.max_retries))
         return job.job_id
 
     def __call__(self):

@@ -31,6 +31,7 @@ class Resources:
     comment: Optional[str] = None
     array_parallelism: int = 16  # runs of a sweep running at once
     max_num_timeout: int = 20  # requeues after timeouts (preemptions do not count)
+    max_retries: int = 3  # requeues after transient failures (CUDA OOM, lost NCCL/gloo peer: cluster.retry), per run
     signal_delay_s: int = 120  # seconds between the USR2 signal and the kill
     sbatch: Dict[str, object] = field(default_factory=dict)  # any other #SBATCH option, e.g. {"exclusive": True}
     sec_per_iter: Optional[float] = None  # for GPU-hour estimates (8 GPUs, 16 images/batch)
@@ -81,8 +82,10 @@ def make_executor(folder: str, cluster: str, res: Resources, cuda: bool, job_nam
     if cuda:
         params["gpus_per_node"] = ranks
     if cluster == "slurm":
+        # --kill-on-bad-exit: one task failing ends the others at once, instead of leaving them in a
+        # collective until NCCL's timeout
         params.update(cpus_per_task=res.cpus_per_task, slurm_signal_delay_s=res.signal_delay_s,
-                      slurm_array_parallelism=res.array_parallelism)
+                      slurm_array_parallelism=res.array_parallelism, slurm_srun_args=["--kill-on-bad-exit=1"])
         for key in ("partition", "account", "qos", "constraint", "mem", "comment"):
             if getattr(res, key):
                 params[f"slurm_{key}"] = getattr(res, key)
