@@ -2,6 +2,7 @@
 array, preemption with requeue and resume, a 2-node gloo job, status after a failing run, and a
 forked sweep of three schedules."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -76,11 +77,17 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(slurm_cluster,
                and read_metrics(metrics)[-1]["iteration"] >= 10):
         assert time.time() < deadline, "no checkpoint at iteration 10"
         time.sleep(1)
-    job._interrupt()  # what preemption looks like to submitit: USR2 -> TrainJob.checkpoint() -> requeue
+    seen = read_metrics(metrics)[-1]["iteration"]
+    # what a time limit looks like to submitit: USR2. The ranks agree to stop after the step in progress,
+    # rank 0 saves there, then submitit's handler calls TrainJob.checkpoint() and requeues
+    job._interrupt()
     rows = wait(sweep, poll_s=3, timeout_s=900)
     assert [r["state"] for r in rows] == ["done", "done"], format_states(rows)
     log = open(os.path.join(victim.output_dir, "log.txt")).read()
     assert log.count("Resumed from") >= 1 and rows[0]["starts"] >= 2
+    assert "Received SIGUSR2: stopping after the step in progress" in log
+    resumed = [int(k) for k in re.findall(r"Resumed from \S+ \(iteration (\d+)\)", log)]
+    assert resumed and resumed[0] >= seen  # the signal's own checkpoint, not an older periodic one
     assert max_diff(weights(os.path.join(victim.output_dir, "model_final.pth")),
                     weights(os.path.join(ref.output_dir, "model_final.pth"))) <= 1e-6
     ours = read_metrics(os.path.join(victim.output_dir, "metrics.jsonl"))

@@ -119,9 +119,9 @@ class TrainJob:
             # the checkpoint is saved; submitit's handler for the signal (restored by now) requeues on SIGUSR2
             # and exits on rank 0; on SIGTERM SLURM requeues a preempted job itself
             logger.warning("%s", e)
-            handler = signal.getsignal(e.signum)
+            handler = signal.getsignal(e.handled_as)
             if callable(handler):
-                handler(e.signum, None)
+                handler(e.handled_as, None)
             raise SystemExit(e.exit_code) from None
         except Exception as e:
             why = retry_decision(e, self.output_dir, self.max_retries) if values["RANK"] == 0 else None

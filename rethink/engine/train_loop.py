@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import torch
 
-from ..utils.signals import StopRequest, TrainingStopped
+from ..utils.signals import STOP_SIGNALS, StopRequest, TrainingStopped
 from . import comm
 from .events import EventStorage
 
@@ -30,12 +30,13 @@ def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = ""
     flags (one sync, no reduction of the losses themselves). Raises FloatingPointError on every rank
     when the losses of the step that completes `iteration` are NaN or inf on any rank (then, only to
     name the terms in the message, their means over the ranks; `note` ends the message: what is kept,
-    what to try). Returns the largest `stop` (a signal number, 0 for none) of any rank."""
+    what to try). `stop`: the stop signal this rank received (0: none); returns the one to act on over
+    all ranks (STOP_SIGNALS' precedence), 0 for none."""
     total = sum(v.detach() for v in losses.values())
-    flags = torch.stack([(~torch.isfinite(total)).to(torch.int64), torch.tensor(int(stop), device=total.device)])
-    not_finite, stop = comm.all_max(flags).tolist()
-    if not not_finite:
-        return int(stop)
+    wanted = torch.tensor([int(stop == s) for s in STOP_SIGNALS], device=total.device)
+    flags = comm.all_max(torch.cat([(~torch.isfinite(total)).to(torch.int64).view(1), wanted])).tolist()
+    if not flags[0]:
+        return next((s for s, f in zip(STOP_SIGNALS, flags[1:]) if f), 0)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(losses).items())
     raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms}. {note}".rstrip())
 
@@ -80,7 +81,7 @@ class TrainerBase:
         if self.stop_agreed and self.completed < max_iter:
             path = self.save_for_stop()
             comm.synchronize()  # no rank exits (and gets the job step killed) while rank 0 still writes
-            raise TrainingStopped(self.stop_agreed, self.completed, path)
+            raise TrainingStopped(self.stop_agreed, self.completed, path, tuple(self.stop_request.received))
 
     def save_for_stop(self):
         """Save what a resume needs after `completed` iterations (the ranks agreed to stop); returns the

@@ -8,21 +8,30 @@ every rank stops after the same iteration, rank 0 saves a checkpoint there and t
 import logging
 import signal
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)  # by precedence: USR2 asks for a requeue (submitit sends
+# it after TERM when it simulates a preemption), TERM alone leaves the requeue to SLURM
 
 
 class TrainingStopped(Exception):
     """Training ended early on a stop signal, after saving `checkpoint` at `iteration` (rank 0's path;
-    None on the other ranks, or when nothing had to be saved)."""
+    None on the other ranks, or when nothing had to be saved). `received`: the stop signals this
+    process got, up to the end of training (a USR2 may follow the TERM that stopped it)."""
 
-    def __init__(self, signum: int, iteration: Optional[int] = None, checkpoint: Optional[str] = None):
+    def __init__(self, signum: int, iteration: Optional[int] = None, checkpoint: Optional[str] = None,
+                 received: Tuple[int, ...] = ()):
         self.signum, self.iteration, self.checkpoint = int(signum), iteration, checkpoint
+        self.received = tuple(received) or (self.signum,)
         at = f" after iteration {iteration}" if iteration is not None else ""
         saved = f"; checkpoint {checkpoint}" if checkpoint else ""
         super().__init__(f"training stopped by {signal.Signals(self.signum).name}{at}{saved}")
+
+    @property
+    def handled_as(self) -> int:
+        """The signal whose handling the process owes: USR2 if it came at all, else the stopping one."""
+        return next((s for s in STOP_SIGNALS if s in self.received), self.signum)
 
     @property
     def exit_code(self) -> int:
@@ -31,16 +40,21 @@ class TrainingStopped(Exception):
 
 
 class StopRequest:
-    """Records the first stop signal while installed (`with StopRequest() as stop: ... stop.signum`).
-    Only the main thread can install signal handlers; elsewhere it records nothing."""
+    """Records stop signals while installed (`with StopRequest() as stop: ... stop.signum`). Only the
+    main thread can install signal handlers; elsewhere it records nothing."""
 
     def __init__(self):
-        self.signum = 0
+        self.received: List[int] = []
         self._previous: Dict[int, object] = {}
 
+    @property
+    def signum(self) -> int:
+        """The stop signal to act on (by STOP_SIGNALS' precedence), 0 for none."""
+        return next((s for s in STOP_SIGNALS if s in self.received), 0)
+
     def _handle(self, signum, frame) -> None:
-        if not self.signum:
-            self.signum = signum
+        if signum not in self.received:
+            self.received.append(signum)
             logger.warning("Received %s: stopping after the step in progress, with a checkpoint",
                            signal.Signals(signum).name)
 
