@@ -8,7 +8,9 @@
   (image 1), one non-crowd uncompressed RLE (image 2), one instance made of two polygons (image 3) and
   one image without annotations (the last one).
 * :func:`make_synthetic_classification`: an ImageFolder tree (``train/<class>/*.png``,
-  ``val/<class>/*.png``) of other shapes (cross, ring, star, hexagon), standing in for ImageNet.
+  ``val/<class>/*.png``) of other shapes (cross, hexagon, ring, star; or any of SCENE_CLASSES, also
+  several objects per image at the detection set's object scale) on the same backgrounds, standing
+  in for ImageNet. Its classes are never the detection set's.
 
 Same arguments => same files (numpy ``Generator(PCG64(SeedSequence([seed, split])))``; PNG output is
 byte-identical, JPEG depends on the Pillow version). ~100 images take well under a few seconds.
@@ -18,7 +20,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,7 +35,9 @@ CATEGORIES = [  # listed out of id order on purpose
     {"id": 1, "name": "rectangle", "supercategory": "shape"},
     {"id": 3, "name": "ellipse", "supercategory": "shape"},
 ]
-CLASSIFICATION_CLASSES = ("cross", "hexagon", "ring", "star")
+CLASSIFICATION_CLASSES = ("cross", "hexagon", "ring", "star")  # the default set (the demo's ImageNet stand-in)
+# every shape make_synthetic_classification can draw (none of them a detection class)
+SCENE_CLASSES = ("arrow", "chevron", "crescent", "cross", "hexagon", "pentagon", "ring", "star")
 SYNTHETIC_VERSION = 1
 BUILTIN_NUM_IMAGES = 96
 BUILTIN_SEED = 0
@@ -237,45 +241,91 @@ def ensure_builtin_synthetic(create: bool = True) -> Dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 # classification (ImageNet stand-in)
 # ------------------------------------------------------------------------------------------------
-def _class_polygons(cls: str, cx: float, cy: float, r: float, rot: float) -> List[List[Tuple[float, float]]]:
-    def rotp(pts):
-        c, s = math.cos(rot), math.sin(rot)
-        return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+def _unit_shape(cls: str, rng) -> List[Tuple[List[Tuple[float, float]], int]]:
+    """(polygon in [-1, 1]^2, fill 255 or 0) pairs that draw `cls` into a mask, in order; 0 cuts a hole."""
+    def circle(cx, cy, r, n=32):
+        return [(cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n)) for k in range(n)]
+
+    def regular(n, phase=-math.pi / 2):
+        return [(math.cos(phase + 2 * math.pi * k / n), math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
 
     if cls == "cross":
-        t = r * 0.35
-        return [rotp([(-r, -t), (r, -t), (r, t), (-r, t)]), rotp([(-t, -r), (t, -r), (t, r), (-t, r)])]
+        t = 0.35
+        return [([(-1, -t), (1, -t), (1, t), (-1, t)], 255), ([(-t, -1), (t, -1), (t, 1), (-t, 1)], 255)]
     if cls == "hexagon":
-        return [rotp([(r * math.cos(k * math.pi / 3), r * math.sin(k * math.pi / 3)) for k in range(6)])]
+        return [(regular(6, 0.0), 255)]
+    if cls == "pentagon":
+        return [(regular(5), 255)]
     if cls == "star":
-        return [rotp([((r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5 - math.pi / 2),
-                       (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5 - math.pi / 2)) for k in range(10)])]
-    raise ValueError(cls)
+        return [([((1 if k % 2 == 0 else 0.45) * math.cos(k * math.pi / 5 - math.pi / 2),
+                   (1 if k % 2 == 0 else 0.45) * math.sin(k * math.pi / 5 - math.pi / 2)) for k in range(10)], 255)]
+    if cls == "ring":
+        return [(circle(0, 0, 1), 255), (circle(0, 0, rng.uniform(0.45, 0.7)), 0)]
+    if cls == "crescent":
+        return [(circle(0, 0, 1), 255), (circle(rng.uniform(0.35, 0.6), 0, rng.uniform(0.75, 0.9)), 0)]
+    if cls == "arrow":
+        return [([(-1, -0.3), (0.1, -0.3), (0.1, -0.8), (1, 0), (0.1, 0.8), (0.1, 0.3), (-1, 0.3)], 255)]
+    if cls == "chevron":
+        return [([(-1, -1), (0, -0.2), (1, -1), (1, -0.3), (0, 0.6), (-1, -0.3)], 255)]
+    raise ValueError(f"unknown classification shape {cls!r}; known: {', '.join(SCENE_CLASSES)}")
+
+
+def _draw_object(pil: Image.Image, rng, cls: str, box: Tuple[float, float, float, float],
+                 max_rot: float = math.pi) -> None:
+    """Draw one `cls` object, rotated by up to +-max_rot, filling `box` (x0, y0, x1, y1), in one random colour."""
+    parts = _unit_shape(cls, rng)
+    rot = rng.uniform(-max_rot, max_rot)
+    c, s = math.cos(rot), math.sin(rot)
+    rotated = [([(x * c - y * s, x * s + y * c) for x, y in pts], fill) for pts, fill in parts]
+    xs = [x for pts, fill in rotated if fill for x, _ in pts]
+    ys = [y for pts, fill in rotated if fill for _, y in pts]
+    x0, y0, x1, y1 = box
+    sx, sy = (x1 - x0) / (max(xs) - min(xs)), (y1 - y0) / (max(ys) - min(ys))
+    mask = Image.new("L", pil.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for pts, fill in rotated:
+        draw.polygon([(x0 + (x - min(xs)) * sx, y0 + (y - min(ys)) * sy) for x, y in pts], fill=fill)
+    pil.paste(tuple(int(v) for v in rng.integers(0, 256, size=3)), mask=mask)
 
 
 def make_synthetic_classification(out_dir: str, num_per_class: int = 16, seed: int = 0,
-                                  num_val_per_class: Optional[int] = None, size: int = 64) -> Dict[str, object]:
-    """ImageFolder tree ``<out_dir>/{train,val}/<class>/<k>.png`` with classes cross, hexagon, ring, star.
-    Returns {"train": dir, "val": dir, "classes": [...]}."""
+                                  num_val_per_class: Optional[int] = None, size: int = 64,
+                                  classes: Optional[Sequence[str]] = None,
+                                  objects: Tuple[int, int] = (1, 1), max_rot: float = math.pi,
+                                  aspect: float = 1.0) -> Dict[str, object]:
+    """ImageFolder tree ``<out_dir>/{train,val}/<class>/<k>.png`` of `size` x `size` images.
+
+    Default: one object per image of the classes cross, hexagon, ring, star (CLASSIFICATION_CLASSES),
+    0.4..0.8 of the image across. With ``objects=(lo, hi)`` other than (1, 1) an image holds lo..hi
+    objects of its class, placed without overlap at the detection set's object scale (sides
+    12 px..half the image, as :func:`make_synthetic_coco`), so the classifier sees the detection
+    images' backgrounds, edges and object sizes but none of their classes. `classes`: any of
+    SCENE_CLASSES. Returns {"train": dir, "val": dir, "classes": [...]}."""
+    classes = list(CLASSIFICATION_CLASSES if classes is None else classes)
+    if set(classes) & {c["name"] for c in CATEGORIES}:
+        raise ValueError(f"classification classes must differ from the detection classes: {classes}")
     num_val_per_class = max(2, num_per_class // 4) if num_val_per_class is None else num_val_per_class
     out_dir = os.path.abspath(out_dir)
     for split_idx, (split, n) in enumerate((("train", num_per_class), ("val", num_val_per_class))):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 100 + split_idx])))
-        for cls in CLASSIFICATION_CLASSES:
+        for cls in classes:
             d = os.path.join(out_dir, split, cls)
             os.makedirs(d, exist_ok=True)
             for k in range(n):
                 pil = Image.fromarray(_background(rng, size, size))
-                draw = ImageDraw.Draw(pil)
-                r = rng.uniform(0.2, 0.4) * size
-                cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-                colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
-                rot = rng.uniform(0, 2 * math.pi)
-                if cls == "ring":
-                    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r * 0.3)))
+                if tuple(objects) == (1, 1):
+                    side = rng.uniform(0.4, 0.8) * size
+                    ar = math.exp(rng.uniform(-math.log(aspect), math.log(aspect)))
+                    sw, sh = side * min(1.0, ar), side * min(1.0, 1 / ar)
+                    x0, y0 = rng.uniform(0, size - sw), rng.uniform(0, size - sh)
+                    _draw_object(pil, rng, cls, (x0, y0, x0 + sw, y0 + sh), max_rot)
                 else:
-                    for p in _class_polygons(cls, cx, cy, r, rot):
-                        draw.polygon(p, fill=colour)
+                    taken = []
+                    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+                        box = _place(rng, size, size, taken)
+                        if box is None:
+                            break
+                        taken.append(box)
+                        _draw_object(pil, rng, cls, box, max_rot)
                 pil.save(os.path.join(d, f"{k:05d}.png"), format="PNG", compress_level=1)
-    return {"train": os.path.join(out_dir, "train"), "val": os.path.join(out_dir, "val"),
-            "classes": list(CLASSIFICATION_CLASSES)}
+    return {"train": os.path.join(out_dir, "train"), "val": os.path.join(out_dir, "val"), "classes": classes}
