@@ -34,9 +34,9 @@ from .conftest import CONFIGS, ROOT
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 TINY = str(CONFIGS / "demo" / "scratch_gn_r18_tiny.yaml")
-# 10 iterations at batch 2, LR drops at 6 and 8, a checkpoint every 3, no evaluation (time)
-RUN = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "10",
-       "SOLVER.STEPS", "(6, 8)", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "3",
+# 6 iterations at batch 2, LR drops at 4 and 5, a checkpoint every 2, no evaluation (time)
+RUN = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.REFERENCE_IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6",
+       "SOLVER.STEPS", "(4, 5)", "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
        "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "5"]
 
 
@@ -105,7 +105,7 @@ def reference(tmp_path_factory):
 # stop signals: a checkpoint at the next step boundary, then resume to equal weights
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig,ranks", [(signal.SIGTERM, 1), (signal.SIGUSR2, 2)])
-def test_stop_signal_saves_at_the_next_step_and_resume_is_exact(reference, tmp_path, sig, ranks):
+def test_stop_signal_saves_at_the_next_step_and_resume_is_exact(reference, tmp_path, sig, ranks, caplog):
     out = str(tmp_path / "run")
     proc = subprocess.Popen(train_cmd(out, ranks=ranks), cwd=ROOT, env=env_with(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -119,14 +119,18 @@ def test_stop_signal_saves_at_the_next_step_and_resume_is_exact(reference, tmp_p
     run_dir = RunDir(out)
     saved = int(open(run_dir.last_checkpoint_file).read().strip()[len("model_"):-len(".pth")])
     # the step in progress when the signal came is finished and saved: nothing is lost
-    assert saved >= at and saved < 10
+    assert saved >= at and saved < 6
     ckpt = torch.load(run_dir.checkpoint(saved), weights_only=True)
     assert ckpt["iteration"] == saved
     assert f"Received {signal.Signals(sig).name}" in err and "continue with --resume" in err
     assert took < 60, took
-    r = run(train_cmd(out, ranks=ranks, resume=True))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"Resumed from {run_dir.checkpoint(saved)} (iteration {saved})" in r.stderr
+    if ranks == 1:
+        resume_in_process(out)  # a process start less; the same numbers (see the damaged-checkpoint tests)
+        assert f"Resumed from {run_dir.checkpoint(saved)} (iteration {saved})" in caplog.text
+    else:
+        r = run(train_cmd(out, ranks=ranks, resume=True))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"Resumed from {run_dir.checkpoint(saved)} (iteration {saved})" in r.stderr
     assert max_diff(final_weights(out), final_weights(reference[ranks])) <= 1e-6
 
 
@@ -186,30 +190,29 @@ def test_kill9_at_a_random_moment_then_resume_is_exact(reference, tmp_path):
     proc = subprocess.Popen(train_cmd(out), cwd=ROOT, env=env_with(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: completed_iterations(out) >= 1, proc, what="the first iteration")
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 4.0))
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
     proc.kill()
     proc.communicate()
-    r = run(train_cmd(out, resume=True))
-    assert r.returncode == 0, r.stderr[-3000:]
+    resume_in_process(out)
     assert max_diff(final_weights(out), final_weights(reference[1])) <= 1e-6
 
 
-def test_kill9_during_a_checkpoint_write_leaves_the_previous_one_and_resume_is_exact(reference, tmp_path, inject):
+def test_kill9_during_a_checkpoint_write_leaves_the_previous_one_and_resume_is_exact(reference, tmp_path, inject,
+                                                                                     caplog):
     out = str(tmp_path / "run")
     marker = tmp_path / "writing"
-    proc = subprocess.Popen(train_cmd(out), cwd=ROOT, env=env_with(inject, FAULT_SLOW_WRITE_AT=6,
+    proc = subprocess.Popen(train_cmd(out), cwd=ROOT, env=env_with(inject, FAULT_SLOW_WRITE_AT=4,
                                                                     FAULT_MARKER=marker),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(marker.exists, proc, what="the checkpoint write at iteration 6")
+    wait_for(marker.exists, proc, what="the checkpoint write at iteration 4")
     proc.kill()
     proc.communicate()
     run_dir = RunDir(out)
-    assert open(run_dir.last_checkpoint_file).read() == "model_0000003.pth"
-    assert not os.path.exists(run_dir.checkpoint(6)) and len(run_dir.temp_files()) == 1
-    r = run(train_cmd(out, resume=True))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "left by a write that did not finish" in r.stderr and run_dir.temp_files() == []
-    assert "Resumed from" in r.stderr and "(iteration 3)" in r.stderr
+    assert open(run_dir.last_checkpoint_file).read() == "model_0000002.pth"
+    assert not os.path.exists(run_dir.checkpoint(4)) and len(run_dir.temp_files()) == 1
+    resume_in_process(out)
+    assert "left by a write that did not finish" in caplog.text and run_dir.temp_files() == []
+    assert f"Resumed from {run_dir.checkpoint(2)} (iteration 2)" in caplog.text
     assert max_diff(final_weights(out), final_weights(reference[1])) <= 1e-6
 
 
@@ -244,12 +247,12 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_with_a_warning(refe
     out = copy_run(reference[1], tmp_path / "run")
     run_dir = RunDir(out)
     os.remove(run_dir.final_checkpoint)
-    run_dir.set_last_checkpoint(run_dir.checkpoint(9))
-    damage(run_dir.checkpoint(9), kind)
+    run_dir.set_last_checkpoint(run_dir.checkpoint(4))
+    damage(run_dir.checkpoint(4), kind)
     resume_in_process(out)
-    assert f"Checkpoint {run_dir.checkpoint(9)} is damaged" in caplog.text
-    assert os.path.isfile(run_dir.checkpoint(9) + ".damaged")
-    assert f"Resumed from {run_dir.checkpoint(6)} (iteration 6)" in caplog.text
+    assert f"Checkpoint {run_dir.checkpoint(4)} is damaged" in caplog.text
+    assert os.path.isfile(run_dir.checkpoint(4) + ".damaged")
+    assert f"Resumed from {run_dir.checkpoint(2)} (iteration 2)" in caplog.text
     assert max_diff(final_weights(out), final_weights(reference[1])) <= 1e-6
 
 
@@ -261,10 +264,10 @@ def test_missing_pointer_or_its_file_resumes_from_the_newest_checkpoint(referenc
     if pointer == "deleted":
         os.remove(run_dir.last_checkpoint_file)
     else:
-        run_dir.set_last_checkpoint(run_dir.checkpoint(9))
-        os.remove(run_dir.checkpoint(9))
+        run_dir.set_last_checkpoint(run_dir.checkpoint(4))
+        os.remove(run_dir.checkpoint(4))
     resume_in_process(out)
-    newest = 9 if pointer == "deleted" else 6
+    newest = 4 if pointer == "deleted" else 2
     assert f"Resumed from {run_dir.checkpoint(newest)} (iteration {newest})" in caplog.text
     assert "starting from MODEL.WEIGHTS" not in caplog.text
     assert max_diff(final_weights(out), final_weights(reference[1])) <= 1e-6
@@ -278,14 +281,14 @@ def test_every_checkpoint_damaged_is_an_error_not_a_start_from_zero(reference, t
     damage(run_dir.final_checkpoint, "truncated")
     with pytest.raises(RuntimeError, match="every checkpoint is damaged.*Not starting from iteration 0"):
         resume_in_process(out)
-    assert read_metrics(run_dir.metrics_file)[-1]["iteration"] == 10  # nothing was trained or overwritten
+    assert read_metrics(run_dir.metrics_file)[-1]["iteration"] == 6  # nothing was trained or overwritten
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # ranks: one resume point, one failure ends all
 # ---------------------------------------------------------------------------------------------------------------
 def test_ranks_reading_different_bytes_is_an_error_naming_both_digests(reference, tmp_path, inject):
-    out = copy_run(reference[2], tmp_path / "run")
+    out = copy_run(reference[1], tmp_path / "run")
     r = run(train_cmd(out, ranks=2, resume=True), env=env_with(inject, FAULT_OTHER_BYTES_RANK=1))
     assert r.returncode != 0
     assert "the ranks read different bytes" in r.stderr and "rank 1 read sha256" in r.stderr
@@ -295,11 +298,11 @@ def test_ranks_reading_different_bytes_is_an_error_naming_both_digests(reference
 def test_one_rank_raising_ends_every_rank_within_seconds(tmp_path, inject):
     out = str(tmp_path / "run")
     marker = tmp_path / "raised"
-    r = run(train_cmd(out, ranks=2), env=env_with(inject, FAULT_RAISE_RANK=1, FAULT_RAISE_AT=2, FAULT_MARKER=marker),
+    r = run(train_cmd(out, ranks=2), env=env_with(inject, FAULT_RAISE_RANK=1, FAULT_RAISE_AT=1, FAULT_MARKER=marker),
             timeout=300)
     ended = time.time()
     assert r.returncode != 0
-    assert "injected failure on rank 1 at step 2" in r.stderr  # the original error reaches the console
+    assert "injected failure on rank 1 at step 1" in r.stderr  # the original error reaches the console
     assert ended - float(marker.read_text()) < 30
     assert not os.path.exists(RunDir(out).final_checkpoint)
 
@@ -339,7 +342,7 @@ def test_requeue_uses_the_saved_config_when_the_file_was_edited(reference, tmp_p
     assert restart_config(str(config), overrides, out).SOLVER.BASE_LR == 0.02
     config.write_text(f'_BASE_: "{TINY}"\nSOLVER:\n  BASE_LR: 0.05\n')  # edited during the run
     cfg = restart_config(str(config), overrides, out)
-    assert cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.MAX_ITER == 10
+    assert cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.MAX_ITER == 6
     assert "changed since this run started (SOLVER.BASE_LR: 0.02 -> 0.05): not applied" in caplog.text
     with pytest.raises(RunDirMismatch, match="SOLVER.BASE_LR: 0.02 -> 0.01"):  # resubmitted with another LR
         restart_config(str(config), overrides + ["SOLVER.BASE_LR", "0.01"], out)
