@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,9 @@ from rethink.pretrain import (
     sidecar_path,
     state_path,
 )
+from rethink.pretrain.trainer import ClassificationTrainer
 from rethink.utils.rundir import read_metrics
+from rethink.utils.signals import TrainingStopped
 from rethink.weights import NormMismatchError, load_weights, read_weights
 
 from .conftest import CONFIGS, ROOT, tiny_cfg
@@ -223,6 +226,28 @@ def test_resume_continues_like_an_uninterrupted_run(data, tmp_path, caplog):
     again = resume_run(data, out, "--resume")
     assert "holds a finished run" in caplog.text
     _assert_same_run(straight, again, tmp_path / "straight.pth", out)
+
+
+def test_sigterm_saves_the_state_after_the_step_and_resume_is_exact(data, tmp_path, monkeypatch):
+    """SIGTERM (preemption) during iteration 3: that step finishes, the state is saved at 3, the run
+    raises TrainingStopped (tools/pretrain_backbone.py exits 143); --resume ends as the straight run."""
+    straight = resume_run(data, tmp_path / "straight.pth")
+    step = ClassificationTrainer.run_step
+
+    def run_step(self):
+        if self.iter == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer's StopRequest, not fatal
+        return step(self)
+
+    monkeypatch.setattr(ClassificationTrainer, "run_step", run_step)
+    out = tmp_path / "stopped.pth"
+    with pytest.raises(TrainingStopped) as stopped:
+        resume_run(data, out)
+    assert (stopped.value.signum, stopped.value.iteration, stopped.value.exit_code) == (signal.SIGTERM, 3, 143)
+    assert torch.load(state_path(str(out)), weights_only=True)["iteration"] == 3 and not out.exists()
+    monkeypatch.undo()
+    resumed = resume_run(data, out, "--resume")
+    _assert_same_run(straight, resumed, tmp_path / "straight.pth", out)
 
 
 def test_resume_refuses_other_settings(data, tmp_path, capsys):

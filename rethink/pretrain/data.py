@@ -10,14 +10,18 @@ and a center crop, each rank a strided shard.
 import itertools
 import logging
 import os
+import signal
 from typing import List, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
+
+from ..data.images import read_rgb
+from ..utils.signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 VAL_RESIZE_RATIO = 0.875  # val: resize the short side to size / 0.875, center crop size
@@ -28,9 +32,9 @@ def class_dirs(root: str) -> List[str]:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """RGB PIL image with EXIF orientation applied (as the detector's read_image)."""
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    """8-bit RGB PIL image with EXIF orientation applied, converted as the detector's images are
+    (rethink.data.images: 16-bit as its high byte, float refused; errors name the file)."""
+    return read_rgb(path, os.path.basename(path), f"ImageFolder {os.path.dirname(os.path.dirname(path))}")
 
 
 class ToDetectorInput:
@@ -116,6 +120,12 @@ class Loaders(NamedTuple):
     per_rank: int
 
 
+def _ignore_stop_signals(_):
+    """Loader workers leave SIGTERM / SIGUSR2 to their rank, which stops at a step boundary with a state."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_loaders(args, spec: dict, rank: int, world: int) -> Loaders:
     """The loaders of `--data` for this rank: train shuffled per epoch (seeded), drop_last."""
     train_set = ImageFolder(os.path.join(args.data, "train"), build_transform(spec, args.size, True, args.min_scale),
@@ -132,7 +142,8 @@ def build_loaders(args, spec: dict, rank: int, world: int) -> Loaders:
     per_rank = batch // world
     sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                               drop_last=True))
-    common = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda")
+    common = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda",
+                  worker_init_fn=_ignore_stop_signals)
     train = DataLoader(SeededAugmentation(train_set, args.seed), per_rank, sampler=sampler, drop_last=True,
                        generator=torch.Generator().manual_seed(args.seed + 1000 * rank), **common)
     val = DataLoader(Subset(val_set, list(range(rank, len(val_set), world))), per_rank, shuffle=False, **common)

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from ..config import load_config
 from ..engine.launch import launch
 from ..utils.logger import setup_logging
+from ..utils.signals import TrainingStopped
 from ..weights import sidecar_path, state_path
 from .data import class_dirs
 from .trainer import SPEC_KEYS, backbone_spec, check_resumable, read_state, run_settings, train_worker
@@ -152,4 +154,8 @@ def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None
         cfg = resolve(args)
     except (ValueError, OSError, RuntimeError) as e:
         parser.error(str(e))
-    return pretrain(args, cfg)
+    try:
+        return pretrain(args, cfg)
+    except TrainingStopped as e:  # SIGTERM / SIGUSR2: the state is saved at the step the ranks stopped after
+        logger.warning("%s; continue with --resume", e)
+        sys.exit(e.exit_code)

@@ -373,8 +373,8 @@ class ClassificationTrainer(TrainerBase):
         loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        check_finite({"loss": loss}, self.iter + 1, f"{self.state_file} holds the last saved state; lower --lr or "
-                     "lengthen --warmup-epochs")
+        self.stop_agreed = check_finite({"loss": loss}, self.iter + 1, f"{self.state_file} holds the last saved state; "
+                                        "lower --lr or lengthen --warmup-epochs", stop=self.stop_request.signum)
         self.optimizer.step()
         with torch.no_grad():
             correct = (logits.argmax(1) == labels).sum()
@@ -384,6 +384,12 @@ class ClassificationTrainer(TrainerBase):
             reduced = comm.reduce_mean({"loss": loss, "top1": correct * (100.0 / labels.numel())})
             self.storage.put_scalars(smoothing=False, **reduced)
         self.storage.put_scalar("data_time", data_time)
+
+    def save_for_stop(self):
+        """On a stop signal (SIGTERM / SIGUSR2, agreed by the ranks): the training state at this
+        iteration, for --resume; every rank calls it (save_state reduces this epoch's sums)."""
+        self.save_state()
+        return self.state_file if self.rank == 0 else None
 
     def log_due(self, done: int) -> bool:
         """Whether metrics are written after `done` iterations: every --log-period, every epoch end."""
