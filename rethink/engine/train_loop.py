@@ -78,9 +78,11 @@ class TrainerBase:
                         break
             finally:
                 self.after_train()
-        if self.stop_agreed and self.completed < max_iter:
-            path = self.save_for_stop()
-            comm.synchronize()  # no rank exits (and gets the job step killed) while rank 0 still writes
+            stopped = bool(self.stop_agreed) and self.completed < max_iter
+            if stopped:  # saved while later stop signals are still only recorded
+                path = self.save_for_stop()
+                comm.synchronize()  # no rank exits (and gets the job step killed) while rank 0 still writes
+        if stopped:
             raise TrainingStopped(self.stop_agreed, self.completed, path, tuple(self.stop_request.received))
 
     def save_for_stop(self):
