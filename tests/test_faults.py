@@ -190,7 +190,7 @@ def test_kill9_at_a_random_moment_then_resume_is_exact(reference, tmp_path):
     proc = subprocess.Popen(train_cmd(out), cwd=ROOT, env=env_with(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: completed_iterations(out) >= 1, proc, what="the first iteration")
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.0))
     proc.kill()
     proc.communicate()
     resume_in_process(out)
