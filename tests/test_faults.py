@@ -417,3 +417,32 @@ def test_transient_failures_requeue_up_to_the_limit_and_others_never(tmp_path):
     assert retry_decision(oom, out, limit=2) is None
     record = json.load(open(RunDir(out).retries_file))
     assert record["retries"] == 2 and record["errors"][0].startswith("OutOfMemoryError: CUDA out of memory")
+
+
+def test_train_job_requeues_transient_failures_up_to_its_limit_and_never_data_errors(tmp_path, monkeypatch):
+    from rethink.cluster import jobs
+
+    requeued = []
+
+    class Env:  # submitit's JobEnvironment, as far as the job uses it
+        def _requeue(self, countdown):
+            requeued.append(countdown)
+
+    def failing(exc):
+        def launch(*args, **kwargs):
+            raise exc
+        return launch
+
+    monkeypatch.setattr(jobs, "set_dist_env_from_submitit", lambda: {"RANK": 0})
+    monkeypatch.setattr(jobs.submitit, "JobEnvironment", Env)
+    job = jobs.TrainJob(TINY, RUN, str(tmp_path), max_retries=1)
+    monkeypatch.setattr(jobs, "launch", failing(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried 2 GiB")))
+    with pytest.raises(SystemExit):  # requeued: no error result for submitit to record
+        job()
+    assert requeued == [1] and retries_so_far(str(tmp_path)) == 1
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # the limit is reached: the error itself
+        job()
+    monkeypatch.setattr(jobs, "launch", failing(ValueError("train.json: image 7: box with negative width")))
+    with pytest.raises(ValueError):
+        job()
+    assert requeued == [1]

@@ -126,8 +126,9 @@ class TrainJob:
         except Exception as e:
             why = retry_decision(e, self.output_dir, self.max_retries) if values["RANK"] == 0 else None
             if why:
-                logger.error("%s: %s", self.output_dir, why)
+                logger.exception("%s: %s", self.output_dir, why)  # the error, with its traceback, in the log
                 submitit.JobEnvironment()._requeue(self.max_retries)  # scontrol requeue (SLURM) / restart (local)
+                raise SystemExit(1) from None  # no error result: the requeued job writes the run's result
             raise
 
     def checkpoint(self, *args, **kwargs):
