@@ -15,7 +15,6 @@ iteration, rank, world_size) -- not on SOLVER.MAX_ITER nor DATALOADER.NUM_WORKER
 "random" default would make runs unrepeatable). The state to checkpoint is just the iteration.
 """
 import logging
-import signal
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..utils.logger import log_once
+from ..utils.signals import loader_context, loader_worker_signals
 from .catalog import get_dataset_spec
 from .coco import CocoDataset, check_same_categories
 from .errors import DatasetError
@@ -118,10 +118,10 @@ def trivial_collate(batch):
 
 def _worker_init(_):
     """Loader workers: one thread each, and deaf to the signals SLURM sends every process of a job step
-    (USR2 before a timeout, TERM on preemption): the trainer process handles them, not the workers."""
+    (USR2 before a timeout, TERM on preemption): the trainer process handles them, not the workers
+    (utils.signals.loader_worker_signals: their rank can still end them)."""
     torch.set_num_threads(1)
-    for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    loader_worker_signals()
 
 
 class TrainLoader:
@@ -155,7 +155,7 @@ class TrainLoader:
         kw = dict(num_workers=self.num_workers, collate_fn=trivial_collate, worker_init_fn=_worker_init,
                   pin_memory=self.pin_memory)
         if self.num_workers > 0:
-            kw["prefetch_factor"] = 2
+            kw.update(prefetch_factor=2, multiprocessing_context=loader_context())
         return DataLoader(_TrainMapDataset(self.train_set, self.mapper, self.seed),
                           batch_sampler=_RankBatchSampler(self.stream, start, self.rank, self.per_rank), **kw)
 
@@ -214,7 +214,8 @@ class TestLoader:
         return len(self.indices)
 
     def __iter__(self):
-        kw = dict(num_workers=self.num_workers, collate_fn=trivial_collate, worker_init_fn=_worker_init)
+        kw = dict(num_workers=self.num_workers, collate_fn=trivial_collate, worker_init_fn=_worker_init,
+                  multiprocessing_context=loader_context() if self.num_workers > 0 else None)
         return iter(DataLoader(_TestMapDataset(self.dataset, self.mapper), batch_size=1,
                                sampler=list(self.indices), **kw))
 

@@ -10,7 +10,6 @@ and a center crop, each rank a strided shard.
 import itertools
 import logging
 import os
-import signal
 from typing import List, NamedTuple, Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from ..data.images import read_rgb
-from ..utils.signals import STOP_SIGNALS
+from ..utils.signals import loader_context, loader_worker_signals
 
 logger = logging.getLogger(__name__)
 VAL_RESIZE_RATIO = 0.875  # val: resize the short side to size / 0.875, center crop size
@@ -120,10 +119,9 @@ class Loaders(NamedTuple):
     per_rank: int
 
 
-def _ignore_stop_signals(_):
+def _worker_init(_):
     """Loader workers leave SIGTERM / SIGUSR2 to their rank, which stops at a step boundary with a state."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    loader_worker_signals()
 
 
 def build_loaders(args, spec: dict, rank: int, world: int) -> Loaders:
@@ -143,7 +141,7 @@ def build_loaders(args, spec: dict, rank: int, world: int) -> Loaders:
     sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                               drop_last=True))
     common = dict(num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=args.device == "cuda",
-                  worker_init_fn=_ignore_stop_signals)
+                  worker_init_fn=_worker_init, multiprocessing_context=loader_context() if args.workers > 0 else None)
     train = DataLoader(SeededAugmentation(train_set, args.seed), per_rank, sampler=sampler, drop_last=True,
                        generator=torch.Generator().manual_seed(args.seed + 1000 * rank), **common)
     val = DataLoader(Subset(val_set, list(range(rank, len(val_set), world))), per_rank, shuffle=False, **common)

@@ -5,7 +5,10 @@ every rank stops after the same iteration, rank 0 saves a checkpoint there and t
 :class:`TrainingStopped`. Whoever started the training then exits (tools/train.py) or requeues
 (rethink.cluster.jobs: submitit's own handler, restored by then, does the requeue on SIGUSR2).
 """
+import copy
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 from typing import Dict, List, Optional, Tuple
@@ -69,3 +72,40 @@ class StopRequest:
             signal.signal(s, handler)
         self._previous = {}
 
+
+def loader_worker_signals() -> None:
+    """For a data loader worker (its worker_init_fn; the worker started from :func:`loader_context`):
+    stop signals are its rank's business. SIGUSR2 is ignored; SIGTERM too, except from the worker's
+    parent: multiprocessing ends daemonic workers with SIGTERM when the rank exits (a worker deaf to it
+    would hang that exit), while SLURM's SIGTERM to every process of a preempted job comes from
+    elsewhere and must not kill the worker mid-step (the rank would fail on the lost worker instead of
+    saving). The worker was forked with SIGTERM blocked, so every thread has it blocked; one thread
+    takes it with its sender."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent or os.getppid() != parent:
+                os._exit(0)  # as torch's own worker handler does for its parent's SIGTERM
+
+    threading.Thread(target=wait, name="loader-worker-sigterm", daemon=True).start()
+
+
+def loader_context():
+    """The multiprocessing context for data loader workers (DataLoader(multiprocessing_context=...)):
+    the default one, whose processes start with SIGTERM blocked (see loader_worker_signals)."""
+    base = multiprocessing.get_context()
+
+    class Process(base.Process):
+        def start(self):
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                super().start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    context = copy.copy(base)
+    context.Process = Process
+    return context
