@@ -45,31 +45,31 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def retries_so_far(output_dir: str) -> int:
+def _record(output_dir: str) -> dict:
+    """The run's retry record {"retries": n, "errors": [...]} ({} when there is none or it is unreadable)."""
     path = RunDir(output_dir).retries_file
     if not os.path.isfile(path):
-        return 0
+        return {}
     try:
         with open(path) as f:
-            return int(json.load(f).get("retries", 0))
-    except (OSError, ValueError, AttributeError):
+            record = json.load(f)
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
         logger.warning("%s: unreadable, counting its retries as 0", path)
-        return 0
+        return {}
+
+
+def retries_so_far(output_dir: str) -> int:
+    return int(_record(output_dir).get("retries", 0))
 
 
 def record_retry(output_dir: str, exc: BaseException) -> int:
     """Count one more requeue for `exc` in the run directory; returns the new count."""
-    path = RunDir(output_dir).retries_file
-    n = retries_so_far(output_dir) + 1
-    errors = []
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                errors = list(json.load(f).get("errors", []))
-        except (OSError, ValueError, AttributeError):
-            errors = []
+    record = _record(output_dir)
+    n = int(record.get("retries", 0)) + 1
+    errors = list(record.get("errors", []))
     errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
-    atomic_write_text(path, json.dumps({"retries": n, "errors": errors}, indent=1))
+    atomic_write_text(RunDir(output_dir).retries_file, json.dumps({"retries": n, "errors": errors}, indent=1))
     return n
 
 
