@@ -4,6 +4,7 @@
 removes the temporary files of writes a killed process left behind."""
 import logging
 import os
+from typing import Optional
 
 from ..utils.fingerprint import config_fingerprint, fingerprint_diff
 from ..utils.rundir import RunDir
@@ -16,12 +17,11 @@ class RunDirMismatch(RuntimeError):
     pass
 
 
-def check_fingerprint(cfg) -> dict:
-    """This run's fingerprint, after checking it against the one OUTPUT_DIR recorded (if any).
-    Raises RunDirMismatch naming the directory and each differing key."""
+def check_fingerprint(cfg, recorded: Optional[dict]) -> dict:
+    """This run's fingerprint, after checking it against `recorded`, the one OUTPUT_DIR holds (None:
+    none). Raises RunDirMismatch naming the directory and each differing key."""
     run = RunDir(cfg.OUTPUT_DIR)
     mine = config_fingerprint(cfg)
-    recorded = run.read_fingerprint()
     if recorded is not None and recorded.get("sha256") != mine["sha256"]:
         diff = fingerprint_diff(recorded, mine)
         if diff:
@@ -38,8 +38,9 @@ def claim_run_dir(cfg) -> None:
     run = RunDir(cfg.OUTPUT_DIR)
     os.makedirs(run.path, exist_ok=True)
     lock_run_dir(run.path)
-    mine = check_fingerprint(cfg)
-    if run.read_fingerprint() is None:
+    recorded = run.read_fingerprint()
+    mine = check_fingerprint(cfg, recorded)
+    if recorded is None:
         if run.has_started():
             logger.info("%s holds a run from before fingerprints: recording this config's", run.path)
         run.write_fingerprint(mine)
