@@ -26,12 +26,12 @@ LOG_PERIOD = 20
 
 
 def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = "", stop: int = 0) -> int:
-    """The step's agreement, on every rank after backward and before the update: one reduction of two
-    flags (one sync, no reduction of the losses themselves). Raises FloatingPointError on every rank
-    when the losses of the step that completes `iteration` are NaN or inf on any rank (then, only to
-    name the terms in the message, their means over the ranks; `note` ends the message: what is kept,
-    what to try). `stop`: the stop signal this rank received (0: none); returns the one to act on over
-    all ranks (STOP_SIGNALS' precedence), 0 for none."""
+    """The step's agreement, on every rank after backward and before the update: one reduction of a
+    few flags (not finite; each stop signal), one sync, no reduction of the losses themselves. Raises
+    FloatingPointError on every rank when the losses of the step that completes `iteration` are NaN or
+    inf on any rank (then, only to name the terms in the message, their means over the ranks; `note`
+    ends the message: what is kept, what to try). `stop`: the stop signal this rank received (0:
+    none); returns the one to act on over all ranks (STOP_SIGNALS' precedence), 0 for none."""
     total = sum(v.detach() for v in losses.values())
     wanted = torch.tensor([int(stop == s) for s in STOP_SIGNALS], device=total.device)
     flags = comm.all_max(torch.cat([(~torch.isfinite(total)).to(torch.int64).view(1), wanted])).tolist()
