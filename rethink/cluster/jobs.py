@@ -82,12 +82,13 @@ def restart_config(config: str, overrides: List[str], output_dir: str):
     if recorded is None or not os.path.isfile(run.config_file):
         return fresh
     cfg = load_config(run.config_file, overrides)
-    diff = fingerprint_diff(recorded, config_fingerprint(cfg))
+    saved = config_fingerprint(cfg)
+    diff = fingerprint_diff(recorded, saved)
     if diff:
         raise RunDirMismatch(f"{output_dir} belongs to another run: with this job's overrides its saved "
                              f"{os.path.basename(run.config_file)} changes {'; '.join(diff)}. Submit runs with other "
                              "settings into their own directories")
-    edited = fingerprint_diff(config_fingerprint(cfg), config_fingerprint(fresh))
+    edited = fingerprint_diff(saved, config_fingerprint(fresh))
     if edited:
         logger.warning("%s changed since this run started (%s): not applied; the run continues with its saved %s",
                        config, "; ".join(edited), run.config_file)
