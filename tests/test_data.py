@@ -642,3 +642,10 @@ def test_builtin_synthetic_names(tmp_path, monkeypatch):
     spec = catalog.get_dataset_spec("synthetic_coco_val")
     assert spec.kind == "synthetic" and os.path.isfile(spec.json_file)
     assert catalog.get_dataset_spec("synthetic_coco_train_1of2_s0").parent == "synthetic_coco_train"
+    assert len(json.load(open(spec.json_file))["images"]) == 4  # a quarter of 8 (min 4)
+    # the demo's pair: the same generator with its own sizes, in its own folder
+    monkeypatch.setitem(catalog.SYNTHETIC_SIZES, "synthetic_demo", (12, 5))
+    demo = catalog.get_dataset_spec("synthetic_demo_train"), catalog.get_dataset_spec("synthetic_demo_val")
+    assert [len(json.load(open(s.json_file))["images"]) for s in demo] == [12, 5]
+    assert os.path.dirname(demo[0].json_file) != os.path.dirname(spec.json_file)
+    assert catalog.get_dataset_spec("synthetic_demo_train_1of3_s0").parent == "synthetic_demo_train"

@@ -9,8 +9,9 @@ Built in (paths resolved when asked for, so the environment may change after imp
   ``1of3`` / ``1of10`` / ``1of100`` (any ``AofB``) or an image count ``35k`` / ``10k`` / ``3.5k`` / ``1k`` /
   ``1234``, e.g. ``coco_2017_train_1of10_s0``, ``coco_2017_train_10k_s0``. Created on first use in
   ``$RETHINK_CACHE/subsets/`` (see :mod:`rethink.data.subsets`).
-* ``synthetic_coco_train`` / ``synthetic_coco_val``: a small generated dataset (rethink.data.synthetic),
-  created on first use in ``$RETHINK_CACHE/synthetic/``; for demos and smoke tests.
+* ``synthetic_coco_train`` / ``synthetic_coco_val``: a small generated dataset (rethink.data.synthetic,
+  96 + 24 images), created on first use in ``$RETHINK_CACHE/synthetic/``; for smoke tests.
+  ``synthetic_demo_train`` / ``synthetic_demo_val``: the same generator with 768 + 96 images (the demo).
 * Anything registered with :func:`register_coco_instances`.
 """
 import difflib
@@ -21,7 +22,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import DatasetError, DatasetNotFoundError
 from .subsets import Selection, ensure_subset
-from .synthetic import ensure_builtin_synthetic
+from .synthetic import DEMO_NUM_IMAGES, DEMO_NUM_VAL, ensure_builtin_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,10 @@ BUILTIN_COCO: Dict[str, Tuple[str, str]] = {
     "coco_2017_train": ("coco/annotations/instances_train2017.json", "coco/train2017"),
     "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
 }
-SYNTHETIC_NAMES = ("synthetic_coco_train", "synthetic_coco_val")
+# generated sets: base name -> (train images, val images), None = the generator's defaults (96 + 24)
+SYNTHETIC_SIZES: Dict[str, Tuple[Optional[int], Optional[int]]] = {
+    "synthetic_coco": (None, None), "synthetic_demo": (DEMO_NUM_IMAGES, DEMO_NUM_VAL)}
+SYNTHETIC_NAMES = tuple(f"{base}_{split}" for base in SYNTHETIC_SIZES for split in ("train", "val"))
 SUBSET_RE = re.compile(r"^(?P<base>.+)_(?P<sel>\d+of\d+|\d+(?:\.\d+)?k|\d+)_s(?P<seed>\d+)$")
 
 _REGISTERED: Dict[str, Tuple[str, str]] = {}
@@ -115,8 +119,8 @@ def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
     if name in BUILTIN_COCO:
         return _builtin_spec(name)
     if name in SYNTHETIC_NAMES:
-        paths = ensure_builtin_synthetic(create=create)
-        split = name.rsplit("_", 1)[1]
+        base, split = name.rsplit("_", 1)
+        paths = ensure_builtin_synthetic(create, *SYNTHETIC_SIZES[base])
         return DatasetSpec(paths[split], paths["image_root_" + split], name, "synthetic")
     m = SUBSET_RE.match(name)
     if m and (m.group("base") in _REGISTERED or m.group("base") in BUILTIN_COCO or m.group("base") in SYNTHETIC_NAMES):

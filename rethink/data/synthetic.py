@@ -39,8 +39,12 @@ CLASSIFICATION_CLASSES = ("cross", "hexagon", "ring", "star")  # the default set
 # every shape make_synthetic_classification can draw (none of them a detection class)
 SCENE_CLASSES = ("arrow", "chevron", "crescent", "cross", "hexagon", "pentagon", "ring", "star")
 SYNTHETIC_VERSION = 1
-BUILTIN_NUM_IMAGES = 96
+BUILTIN_NUM_IMAGES = 96  # synthetic_coco_{train,val}: 96 + 24 images (tests, smoke runs)
 BUILTIN_SEED = 0
+# synthetic_demo_{train,val}: the same generator, 8x the training images (the demo: with 96 images a detector
+# trained from scratch overfits before it catches up, the paper's 1k-image COCO subset in small), and a val
+# split of 96 so that one evaluation is not decided by a handful of objects
+DEMO_NUM_IMAGES, DEMO_NUM_VAL = 768, 96
 
 
 def _background(rng, h: int, w: int) -> np.ndarray:
@@ -212,10 +216,14 @@ def make_synthetic_coco(out_dir: str, num_images: int = 64, seed: int = 0, num_v
             "image_root_val": os.path.join(out_dir, "val")}
 
 
-def ensure_builtin_synthetic(create: bool = True) -> Dict[str, str]:
-    """The files behind ``synthetic_coco_train``/``synthetic_coco_val`` (96 + 24 images, seed 0) in
-    ``$RETHINK_CACHE/synthetic/``; made once, by one process, published by rename."""
-    d = os.path.join(cache_root(), "synthetic", f"coco_v{SYNTHETIC_VERSION}_n{BUILTIN_NUM_IMAGES}_s{BUILTIN_SEED}")
+def ensure_builtin_synthetic(create: bool = True, num_images: Optional[int] = None,
+                             num_val: Optional[int] = None) -> Dict[str, str]:
+    """The files behind ``synthetic_coco_train``/``synthetic_coco_val`` (`num_images` default
+    BUILTIN_NUM_IMAGES = 96 + `num_val` default a quarter of that, seed 0; the demo's pair passes its own
+    sizes) in ``$RETHINK_CACHE/synthetic/``; made once, by one process, published by rename."""
+    num_images = BUILTIN_NUM_IMAGES if num_images is None else num_images
+    name = f"coco_v{SYNTHETIC_VERSION}_n{num_images}" + ("" if num_val is None else f"_v{num_val}")
+    d = os.path.join(cache_root(), "synthetic", f"{name}_s{BUILTIN_SEED}")
     done = os.path.join(d, "DONE")
     if not os.path.isfile(done):
         if not create:
@@ -225,7 +233,7 @@ def ensure_builtin_synthetic(create: bool = True) -> Dict[str, str]:
                 os.makedirs(os.path.dirname(d), exist_ok=True)
                 tmp = tempfile.mkdtemp(prefix=os.path.basename(d) + ".tmp-", dir=os.path.dirname(d))
                 try:
-                    make_synthetic_coco(tmp, BUILTIN_NUM_IMAGES, BUILTIN_SEED)
+                    make_synthetic_coco(tmp, num_images, BUILTIN_SEED, num_val=num_val)
                     with open(os.path.join(tmp, "DONE"), "w") as f:
                         f.write("ok\n")
                     shutil.rmtree(d, ignore_errors=True)
