@@ -41,9 +41,8 @@ SCENE_CLASSES = ("arrow", "chevron", "crescent", "cross", "hexagon", "pentagon",
 SYNTHETIC_VERSION = 1
 BUILTIN_NUM_IMAGES = 96  # synthetic_coco_{train,val}: 96 + 24 images (tests, smoke runs)
 BUILTIN_SEED = 0
-# synthetic_demo_{train,val}: the same generator, 8x the training images (the demo: with 96 images a detector
-# trained from scratch overfits before it catches up, the paper's 1k-image COCO subset in small), and a val
-# split of 96 so that one evaluation is not decided by a handful of objects
+# synthetic_demo_{train,val}: the same generator, 8x the training images and a val split of 96 (the demo: one
+# evaluation is not decided by a handful of objects)
 DEMO_NUM_IMAGES, DEMO_NUM_VAL = 768, 96
 
 
