@@ -41,6 +41,8 @@ IMPLEMENTED = (
     "MODEL.ROI_HEADS.NAME", "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.ROI_HEADS.IN_FEATURES",
     "MODEL.ROI_HEADS.IOU_THRESHOLDS", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.POSITIVE_FRACTION",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+    "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",  # with CascadeROIHeads
     "MODEL.ROI_BOX_HEAD.NAME", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS",
     "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
     "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_BOX_HEAD.NUM_FC",
@@ -62,6 +64,7 @@ IMPLEMENTED = (
     "SOLVER.SCHEDULE", "SOLVER.SCHEDULE_UNIT", "SOLVER.REFERENCE_IMS_PER_BATCH", "SOLVER.CHECKPOINT_ITERS",
     "SOLVER.CHECKPOINT_KEEP",
     # evaluation
+    "TEST.AUG",  # test-time augmentation (rethink.modeling.tta), at --eval-only and the final evaluation
     "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN", "TEST.EVALUATOR",
     # run set-up (CUDNN_BENCHMARK, FLOAT32_PRECISION: rethink.engine.defaults.setup_torch_backends)
     "OUTPUT_DIR", "SEED", "CUDNN_BENCHMARK", "FLOAT32_PRECISION",
@@ -88,13 +91,11 @@ NOT_IMPLEMENTED = {
     "MODEL.ROI_HEADS.IOU_LABELS": "RoI matching labels are fixed (background, foreground)",
     "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT": "ground-truth boxes are always added to the proposals",
     "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": "the only box-regression loss is smooth_l1",
-    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": "box regression is per class only",
     "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES": "the mask head trains on proposals only",
     "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": "the federated loss is not implemented",
     "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": "classification uses softmax cross-entropy only",
     "MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER": "the federated loss is not implemented",
     "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES": "the federated loss is not implemented",
-    "MODEL.ROI_BOX_CASCADE_HEAD": "Cascade R-CNN is not implemented",
     "MODEL.ROI_MASK_HEAD.NAME": "the only mask head is MaskRCNNConvUpsampleHead",
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "masks are predicted per class only",
     "MODEL.ROI_KEYPOINT_HEAD": "keypoint detection is not implemented",
@@ -121,7 +122,6 @@ NOT_IMPLEMENTED = {
     "SOLVER.REFERENCE_WORLD_SIZE": "this project scales by SOLVER.REFERENCE_IMS_PER_BATCH instead",
     "TEST.EXPECTED_RESULTS": "checking results against expected values is not implemented",
     "TEST.KEYPOINT_OKS_SIGMAS": "keypoint evaluation is not implemented",
-    "TEST.AUG": "test-time augmentation is not implemented",
     "VIS_PERIOD": "training-batch visualisation is not implemented",
 }
 
@@ -191,7 +191,21 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
             fail(key, f"{NOT_IMPLEMENTED[group]}; only detectron2's default {default!r} is accepted")
 
     one_of("MODEL.BACKBONE.NAME", ["build_resnet_fpn_backbone"])
-    one_of("MODEL.ROI_HEADS.NAME", ["StandardROIHeads"])
+    one_of("MODEL.ROI_HEADS.NAME", ["StandardROIHeads", "CascadeROIHeads"])
+    if cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads":
+        c = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+        if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
+            fail("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "CascadeROIHeads regresses class-agnostic boxes only "
+                                                             "(as detectron2): set it True")
+        if len(c.IOUS) < 1 or len(c.IOUS) != len(c.BBOX_REG_WEIGHTS):
+            fail("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", f"one IoU per stage, as many as BBOX_REG_WEIGHTS "
+                                                    f"({len(c.BBOX_REG_WEIGHTS)})")
+        if any(len(w) != 4 for w in c.BBOX_REG_WEIGHTS):
+            fail("MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", "four weights (wx, wy, ww, wh) per stage")
+        if c.IOUS[0] != cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]:
+            fail("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", f"the first stage's IoU must equal MODEL.ROI_HEADS.IOU_THRESHOLDS"
+                                                    f"[0] = {cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]} (stage 0 samples "
+                                                    f"the proposals with it, as in detectron2)")
     one_of("MODEL.ROI_BOX_HEAD.NAME", ["FastRCNNConvFCHead"])
     for key in ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_MASK_HEAD.POOLER_TYPE"):
         one_of(key, ["ROIAlignV2", "ROIAlign"])

@@ -1,15 +1,21 @@
-"""The parts of detectron2's StandardROIHeads that torchvision builds differently: the RoI pooler
+"""The parts of detectron2's RoI heads that torchvision builds differently: the RoI pooler
 (ROIAlignV2 = aligned=True), and the box / mask predictors, which have no weights for the
 background class (as detectron2: 80*4 box deltas, 80 mask logits) and hand torchvision's RoIHeads a
-zero background column so its losses and post-processing work unchanged."""
+zero background column so its losses and post-processing work unchanged; and the builders of the
+box head (ROI_BOX_HEAD: NUM_CONV convs + NUM_FC fcs with NORM), the mask head and their poolers."""
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import initLevelMapper
+
+from .norm import norm_factory
+
+FPN_LEVELS = ["0", "1", "2", "3"]  # P2..P5, the levels the RoI heads pool from
 
 
 class ROIPooler(MultiScaleRoIAlign):
@@ -38,12 +44,15 @@ class ROIPooler(MultiScaleRoIAlign):
 
 
 class BoxPredictor(nn.Module):
-    """Class scores for K classes + background and class-specific box deltas for the K classes."""
+    """Class scores for K classes + background and box deltas: class-specific for the K classes
+    ([N, (K + 1) * 4] with zeros for the background), or one class-agnostic set ([N, 4],
+    ``CLS_AGNOSTIC_BBOX_REG``, detectron2's ``bbox_pred`` of 4 outputs)."""
 
-    def __init__(self, in_features: int, num_classes: int):
+    def __init__(self, in_features: int, num_classes: int, cls_agnostic: bool = False):
         super().__init__()
+        self.cls_agnostic = cls_agnostic
         self.cls_score = nn.Linear(in_features, num_classes + 1)
-        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        self.bbox_pred = nn.Linear(in_features, 4 if cls_agnostic else num_classes * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
@@ -52,7 +61,9 @@ class BoxPredictor(nn.Module):
     def forward(self, x):
         x = x.flatten(start_dim=1)
         deltas = self.bbox_pred(x).float()  # float32 under autocast: decoded and scored in float32
-        return self.cls_score(x).float(), F.pad(deltas, (4, 0))  # background (index 0) gets zero deltas
+        if not self.cls_agnostic:
+            deltas = F.pad(deltas, (4, 0))  # background (index 0) gets zero deltas
+        return self.cls_score(x).float(), deltas
 
 
 class MaskPredictor(MaskRCNNPredictor):
@@ -75,3 +86,36 @@ def xavier_fill_linears(module: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.kaiming_uniform_(m.weight, a=1)
             nn.init.zeros_(m.bias)
+
+
+def build_box_head(cfg, in_channels: int) -> FastRCNNConvFCHead:
+    """ROI_BOX_HEAD: NUM_CONV convs of CONV_DIM and NUM_FC fcs of FC_DIM, each conv with NORM."""
+    box = cfg.MODEL.ROI_BOX_HEAD
+    res = box.POOLER_RESOLUTION
+    head = FastRCNNConvFCHead((in_channels, res, res), [box.CONV_DIM] * box.NUM_CONV, [box.FC_DIM] * box.NUM_FC,
+                              norm_layer=norm_factory(box.NORM))
+    xavier_fill_linears(head)
+    return head
+
+
+def build_box_predictor(cfg, in_channels: int, cls_agnostic: bool) -> BoxPredictor:
+    box = cfg.MODEL.ROI_BOX_HEAD
+    width = box.FC_DIM if box.NUM_FC else in_channels * box.POOLER_RESOLUTION ** 2
+    return BoxPredictor(width, cfg.MODEL.ROI_HEADS.NUM_CLASSES, cls_agnostic)
+
+
+def build_mask_head(cfg, in_channels: int) -> MaskRCNNHeads:
+    mask = cfg.MODEL.ROI_MASK_HEAD
+    return MaskRCNNHeads(in_channels, [mask.CONV_DIM] * mask.NUM_CONV, 1, norm_layer=norm_factory(mask.NORM))
+
+
+def build_mask_predictor(cfg, in_channels: int) -> MaskPredictor:
+    mask = cfg.MODEL.ROI_MASK_HEAD
+    return MaskPredictor(mask.CONV_DIM if mask.NUM_CONV else in_channels, mask.CONV_DIM,
+                         cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+
+
+def build_pooler(head_cfg) -> ROIPooler:
+    """The RoI pooler of ROI_BOX_HEAD or ROI_MASK_HEAD."""
+    return ROIPooler(FPN_LEVELS, head_cfg.POOLER_RESOLUTION, head_cfg.POOLER_SAMPLING_RATIO,
+                     aligned=head_cfg.POOLER_TYPE == "ROIAlignV2")

@@ -3,9 +3,9 @@
 `build_model(cfg)` returns a :class:`MaskRCNN` whose
 - backbone is ResNet + FPN with the configured norms and FREEZE_AT (backbone.py),
 - RPN uses detectron2's loss normalisation and smooth-L1 beta (MODEL.RPN.SMOOTH_L1_BETA),
-- RoI heads pool with ROIAlignV2, run the 4conv1fc box head and the 4-conv mask head with their
-  NORM, predict K classes without background weights (heads.py), and compute detectron2's losses,
-  mask targets and inference (roi_heads.py),
+- RoI heads (MODEL.ROI_HEADS.NAME: standard or cascade, roi_heads/) pool with ROIAlignV2, run the
+  4conv1fc box head(s) and the 4-conv mask head with their NORM, predict K classes without background
+  weights (heads.py), and compute detectron2's losses, mask targets and inference,
 - input transform casts the uint8 image to float on the model's device, normalises and pads to a
   multiple of 32: resizing and flipping happen in the data pipeline (as in detectron2),
 - test outputs are rescaled to `output_sizes`, clipped, emptied boxes dropped, and masks pasted with
@@ -20,18 +20,14 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection import MaskRCNN as _TorchvisionMaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_resnet_fpn_backbone
-from .heads import BoxPredictor, MaskPredictor, ROIPooler, xavier_fill_linears
 from .mask_ops import paste_masks_in_image
-from .norm import norm_factory
-from .roi_heads import StandardROIHeads
+from .roi_heads import build_roi_heads
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +123,9 @@ def detector_postprocess(result: Dict[str, torch.Tensor], input_hw: Tuple[int, i
     return out
 
 
-class MaskRCNN(_TorchvisionMaskRCNN):
-    """torchvision MaskRCNN with detectron2's loss names, RoI heads and post-processing. Training:
+class MaskRCNN(GeneralizedRCNN):
+    """torchvision's GeneralizedRCNN (transform, backbone, rpn, roi_heads) with detectron2's loss names,
+    RoI heads and post-processing. Training:
     ``model(images, targets)`` -> loss dict. Test: ``model(images, output_sizes=[(h, w), ...])`` ->
     per image {"boxes" XYXY, "scores", "labels" 1..K, "masks" bool [N, h, w]} in `output_sizes`
     (default: the input sizes)."""
@@ -157,43 +154,16 @@ def _anchor_generator(cfg) -> FPNAnchorGenerator:
 
 
 def build_model(cfg) -> MaskRCNN:
-    """Mask R-CNN (or Faster R-CNN when MODEL.MASK_ON is False) from a resolved config."""
+    """Mask R-CNN (Faster R-CNN when MODEL.MASK_ON is False) with the RoI heads of MODEL.ROI_HEADS.NAME
+    (standard or cascade), from a resolved config."""
     m = cfg.MODEL
-    num_classes = m.ROI_HEADS.NUM_CLASSES
     backbone = build_resnet_fpn_backbone(cfg)
     channels = backbone.out_channels
-    box = m.ROI_BOX_HEAD
-    box_res = box.POOLER_RESOLUTION
-    box_head = FastRCNNConvFCHead((channels, box_res, box_res), [box.CONV_DIM] * box.NUM_CONV,
-                                  [box.FC_DIM] * box.NUM_FC, norm_layer=norm_factory(box.NORM))
-    xavier_fill_linears(box_head)
-    mask = m.ROI_MASK_HEAD
-    mask_head = MaskRCNNHeads(channels, [mask.CONV_DIM] * mask.NUM_CONV, 1, norm_layer=norm_factory(mask.NORM))
-    mask_dim = mask.CONV_DIM if mask.NUM_CONV else channels
+    roi_heads = build_roi_heads(cfg, channels)  # before the RPN head: the initial weights depend on the order
     anchors = _anchor_generator(cfg)
-    box_pool = ROIPooler(["0", "1", "2", "3"], box_res, box.POOLER_SAMPLING_RATIO,
-                         aligned=box.POOLER_TYPE == "ROIAlignV2")
-    box_predictor = BoxPredictor(box.FC_DIM if box.NUM_FC else channels * box_res * box_res, num_classes)
-    mask_pool = ROIPooler(["0", "1", "2", "3"], mask.POOLER_RESOLUTION, mask.POOLER_SAMPLING_RATIO,
-                          aligned=mask.POOLER_TYPE == "ROIAlignV2")
-    mask_predictor = MaskPredictor(mask_dim, mask.CONV_DIM, num_classes)
-    model = MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors,
-                     rpn_head=StandardRPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
-                     box_roi_pool=box_pool, box_head=box_head, box_predictor=box_predictor,
-                     mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor)
-    model.roi_heads = StandardROIHeads(
-        box_pool, box_head, box_predictor,
-        fg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0], bg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
-        batch_size_per_image=m.ROI_HEADS.BATCH_SIZE_PER_IMAGE, positive_fraction=m.ROI_HEADS.POSITIVE_FRACTION,
-        bbox_reg_weights=tuple(box.BBOX_REG_WEIGHTS), score_thresh=m.ROI_HEADS.SCORE_THRESH_TEST,
-        nms_thresh=m.ROI_HEADS.NMS_THRESH_TEST, detections_per_img=cfg.TEST.DETECTIONS_PER_IMAGE,
-        mask_roi_pool=mask_pool if m.MASK_ON else None, mask_head=mask_head if m.MASK_ON else None,
-        mask_predictor=mask_predictor if m.MASK_ON else None,
-        smooth_l1_beta=box.SMOOTH_L1_BETA, box_reg_loss_weight=box.BBOX_REG_LOSS_WEIGHT,
-    )
     r = m.RPN
-    model.rpn = RPN(
-        anchors, model.rpn.head,
+    rpn = RPN(
+        anchors, StandardRPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=1),
         fg_iou_thresh=r.IOU_THRESHOLDS[1], bg_iou_thresh=r.IOU_THRESHOLDS[0],
         batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
         pre_nms_top_n=dict(training=r.PRE_NMS_TOPK_TRAIN, testing=r.PRE_NMS_TOPK_TEST),
@@ -201,8 +171,7 @@ def build_model(cfg) -> MaskRCNN:
         nms_thresh=r.NMS_THRESH,
         smooth_l1_beta=r.SMOOTH_L1_BETA, loss_weight=r.LOSS_WEIGHT, box_loss_weight=r.BBOX_REG_LOSS_WEIGHT,
     )
-    model.rpn.box_coder.weights = tuple(r.BBOX_REG_WEIGHTS)
-    model.transform = NormalizeAndPad(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
-                                      image_mean=list(m.PIXEL_MEAN), image_std=list(m.PIXEL_STD),
-                                      size_divisible=32)
-    return model
+    rpn.box_coder.weights = tuple(r.BBOX_REG_WEIGHTS)
+    transform = NormalizeAndPad(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
+                                image_mean=list(m.PIXEL_MEAN), image_std=list(m.PIXEL_STD), size_divisible=32)
+    return MaskRCNN(backbone, rpn, roi_heads, transform)

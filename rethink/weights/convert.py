@@ -123,16 +123,23 @@ def _d2_head_name(key: str, model: nn.Module, notes: List[str]) -> Optional[str]
             return None
         return f"rpn.head.{'cls_logits' if layer == 'objectness_logits' else 'bbox_pred'}.{param}"
     heads = getattr(model, "roi_heads", None)
-    if m := re.match(r"^roi_heads\.box_head\.(conv|fc)(\d+)\.(norm\.)?(\w+)$", key):
-        layer, j, norm, param = m.groups()
+    if m := re.match(r"^roi_heads\.box_head\.(?:(\d+)\.)?(conv|fc)(\d+)\.(norm\.)?(\w+)$", key):
+        stage, layer, j, norm, param = m.groups()  # stage: a cascade stage's own box head
         box_head = getattr(heads, "box_head", None)
+        prefix = "roi_heads.box_head."
+        if stage is not None:
+            if not isinstance(box_head, nn.ModuleList) or int(stage) >= len(box_head):
+                return None
+            box_head, prefix = box_head[int(stage)], f"{prefix}{stage}."
+        elif isinstance(box_head, nn.ModuleList):
+            return None
         names = _child_indices(box_head, nn.Conv2d if layer == "conv" else nn.Linear)
         if int(j) > len(names):
             return None
         idx = names[int(j) - 1]
         if layer == "fc":
-            return f"roi_heads.box_head.{idx}.{param}"
-        return f"roi_heads.box_head.{idx}.{1 if norm else 0}.{param}"
+            return f"{prefix}{idx}.{param}"
+        return f"{prefix}{idx}.{1 if norm else 0}.{param}"
     if m := re.match(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(norm\.)?(\w+)$", key):
         j, norm, param = m.groups()
         names = _child_indices(getattr(heads, "mask_head", None), nn.Conv2d)
@@ -142,7 +149,7 @@ def _d2_head_name(key: str, model: nn.Module, notes: List[str]) -> Optional[str]
     if m := re.match(r"^roi_heads\.mask_head\.(deconv|predictor)\.(\w+)$", key):
         layer, param = m.groups()
         return f"roi_heads.mask_predictor.{'conv5_mask' if layer == 'deconv' else 'mask_fcn_logits'}.{param}"
-    if re.match(r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$", key):
+    if re.match(r"^roi_heads\.box_predictor\.(\d+\.)?(cls_score|bbox_pred)\.(weight|bias)$", key):
         return key
     return None
 
@@ -160,7 +167,7 @@ def _convert_detectron2(tensors: Dict[str, torch.Tensor], model: nn.Module) -> C
         if new is None:
             unmapped.append(k)
             continue
-        if new == "roi_heads.box_predictor.cls_score.weight" or new == "roi_heads.box_predictor.cls_score.bias":
+        if re.match(r"^roi_heads\.box_predictor\.(\d+\.)?cls_score\.(weight|bias)$", new):
             # detectron2: classes 0..K-1 then background; ours: background then classes
             v = torch.cat([v[-1:], v[:-1]], dim=0)
             notes.append(f"{k}: background row moved from last (detectron2) to first (ours)")

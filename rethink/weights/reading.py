@@ -100,7 +100,7 @@ def _to_tensor(value) -> Optional[torch.Tensor]:
 
 
 _C2_NAME = re.compile(r"^(conv1_[wb]|(res_)?conv1_(bn|gn)_|res\d+_\d+_branch(1|2[a-c])_|fc1000_[wb]$)")
-_D2_NAME = re.compile(r"^(backbone\.bottom_up\.|proposal_generator\.|roi_heads\.box_head\.(fc|conv)\d|"
+_D2_NAME = re.compile(r"^(backbone\.bottom_up\.|proposal_generator\.|roi_heads\.box_head\.(\d+\.)?(fc|conv)\d|"
                       r"roi_heads\.mask_head\.(mask_fcn\d|deconv|predictor)|stem\.conv1\.|res[2-5]\.\d+\.)")
 
 
