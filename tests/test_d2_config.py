@@ -71,7 +71,7 @@ def test_detectron2_dump_loads():
 
 
 @pytest.mark.parametrize("key,value", [("MODEL.KEYPOINT_ON", "True"), ("DATALOADER.REPEAT_THRESHOLD", "0.5"),
-                                       ("INPUT.CROP.ENABLED", "True"), ("SOLVER.BASE_LR_END", "0.001")])
+                                       ("MODEL.RESNETS.RES5_DILATION", "2"), ("SOLVER.BASE_LR_END", "0.001")])
 def test_unimplemented_value_on_top_of_detectron2_dump(key, value):
     with pytest.raises(ConfigError, match=rf"^command line: {key.replace('.', r'[.]')} = "):
         load_config(_golden() / "config.yaml", [key, value])

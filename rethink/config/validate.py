@@ -21,6 +21,7 @@ DEPTHS = (18, 34, 50, 101, 152)
 FLOAT32_PRECISIONS = ("", "highest", "high", "medium")
 EVALUATORS = ("faster_coco_eval", "pycocotools", "hotcoco")
 AMP_DTYPES = ("float16", "bfloat16")
+CROP_TYPES = ("relative_range", "relative", "absolute", "absolute_range")  # detectron2's RandomCrop
 
 # Keys that the project honours. A name that is a group covers every key under it.
 IMPLEMENTED = (
@@ -31,6 +32,7 @@ IMPLEMENTED = (
     "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.OUT_FEATURES", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.NORM",
     "MODEL.RESNETS.WIDTH_PER_GROUP", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RESNETS.RES2_OUT_CHANNELS",
     "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "MODEL.RESNETS.DEFORM_MODULATED", "MODEL.RESNETS.DEFORM_NUM_GROUPS",
     "MODEL.FPN.IN_FEATURES", "MODEL.FPN.OUT_CHANNELS", "MODEL.FPN.NORM",
     "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
     "MODEL.RPN.IN_FEATURES", "MODEL.RPN.IOU_THRESHOLDS", "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
@@ -54,6 +56,7 @@ IMPLEMENTED = (
     # data
     "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
     "INPUT.MAX_SIZE_TEST", "INPUT.RANDOM_FLIP", "INPUT.FORMAT", "INPUT.MASK_FORMAT",
+    "INPUT.CROP",  # RandomCrop before the resize (rethink.data.transforms), training only
     "DATASETS.TRAIN", "DATASETS.TEST",
     "DATALOADER.NUM_WORKERS", "DATALOADER.ASPECT_RATIO_GROUPING", "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
     # solver, schedule (SCHEDULE, SCHEDULE_UNIT, REFERENCE_IMS_PER_BATCH, CHECKPOINT_ITERS: project keys)
@@ -103,11 +106,7 @@ NOT_IMPLEMENTED = {
     "MODEL.PANOPTIC_FPN": "Panoptic FPN is not implemented",
     "MODEL.RETINANET": "RetinaNet is not implemented",
     "MODEL.RESNETS.RES5_DILATION": "dilated res5 is not implemented",
-    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": "deformable convolutions are not implemented",
-    "MODEL.RESNETS.DEFORM_MODULATED": "deformable convolutions are not implemented",
-    "MODEL.RESNETS.DEFORM_NUM_GROUPS": "deformable convolutions are not implemented",
     "MODEL.FPN.FUSE_TYPE": "FPN levels are fused by sum only",
-    "INPUT.CROP": "random cropping is not implemented",
     "DATASETS.PROPOSAL_FILES_TRAIN": "precomputed proposals are not implemented",
     "DATASETS.PROPOSAL_FILES_TEST": "precomputed proposals are not implemented",
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN": "precomputed proposals are not implemented",
@@ -220,6 +219,26 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
             fail("MODEL.RESNETS.RES2_OUT_CHANNELS", "ResNet-18/34 need 64 (as in detectron2)")
         if cfg.MODEL.RESNETS.NUM_GROUPS != 1:
             fail("MODEL.RESNETS.NUM_GROUPS", "ResNet-18/34 have no grouped convolutions")
+    r = cfg.MODEL.RESNETS
+    if len(r.DEFORM_ON_PER_STAGE) != 4 or any(not isinstance(v, bool) for v in r.DEFORM_ON_PER_STAGE):
+        fail("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "four booleans, one per stage res2..res5")
+    if r.DEPTH in (18, 34) and any(r.DEFORM_ON_PER_STAGE):
+        fail("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "ResNet-18/34 have no deformable blocks (as in detectron2)")
+    if r.DEFORM_NUM_GROUPS < 1 or (r.NUM_GROUPS * r.WIDTH_PER_GROUP) % r.DEFORM_NUM_GROUPS:
+        fail("MODEL.RESNETS.DEFORM_NUM_GROUPS", f"a positive divisor of the res2 bottleneck width NUM_GROUPS x "
+                                                f"WIDTH_PER_GROUP = {r.NUM_GROUPS * r.WIDTH_PER_GROUP}")
+    crop = cfg.INPUT.CROP
+    if crop.ENABLED:
+        one_of("INPUT.CROP.TYPE", CROP_TYPES)
+        size = list(crop.SIZE)
+        if len(size) != 2:
+            fail("INPUT.CROP.SIZE", "two values")
+        if crop.TYPE in ("relative", "relative_range") and not all(0 < v <= 1 for v in size):
+            fail("INPUT.CROP.SIZE", f"{crop.TYPE!r} crops take fractions of the image in (0, 1]")
+        if crop.TYPE in ("absolute", "absolute_range") and not all(float(v).is_integer() and v >= 1 for v in size):
+            fail("INPUT.CROP.SIZE", f"{crop.TYPE!r} crops take sizes in pixels (integers >= 1)")
+        if crop.TYPE == "absolute_range" and size[0] > size[1]:
+            fail("INPUT.CROP.SIZE", "'absolute_range' takes (min, max) with min <= max")
     feats = ["res2", "res3", "res4", "res5"]
     if list(cfg.MODEL.RESNETS.OUT_FEATURES) != feats:
         fail("MODEL.RESNETS.OUT_FEATURES", f"the FPN backbone takes {feats}")

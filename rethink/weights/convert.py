@@ -81,6 +81,7 @@ def _convert_caffe2(tensors: Dict[str, torch.Tensor]) -> Converted:
 
 _D2_STEM = re.compile(r"^stem\.conv1\.(norm\.)?(\w+)$")
 _D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(conv[123]|shortcut)\.(norm\.)?(\w+)$")
+_D2_OFFSET = re.compile(r"^res([2-5])\.(\d+)\.conv2_offset\.(weight|bias)$")  # DeformBottleneckBlock
 
 
 def _d2_body_name(rest: str) -> Optional[str]:
@@ -92,6 +93,9 @@ def _d2_body_name(rest: str) -> Optional[str]:
         if conv == "shortcut":
             return base + f"downsample.{1 if norm else 0}.{param}"
         return base + (f"bn{conv[-1]}" if norm else conv) + f".{param}"
+    if m := _D2_OFFSET.match(rest):
+        stage, block, param = m.groups()
+        return f"{BODY}layer{int(stage) - 1}.{block}.conv2_offset.{param}"
     return None
 
 
