@@ -103,6 +103,40 @@ def test_table_against_paper(tmp_path):
     assert "| scratch | GN | 50 |" in md and "-21.30" in md
 
 
+def test_tta_metrics_in_table_and_curves(tmp_path):
+    """The final evaluation's TTA AP ("bbox_TTA/AP", detectron2's suffix) becomes the table's box_AP_TTA /
+    mask_AP_TTA and the curves' *_tta_* columns, on the runs that have it; runs without it leave them empty."""
+    root = tmp_path / "sweep"
+    tta = [{"iteration": 200, "bbox_TTA/AP": 23.5, "segm_TTA/AP": 21.25, "bbox_TTA/AP50": 40.0}]
+    make_run(root, "a_s1", "scratch_gn_r50.yaml", 1, {100: (10.0, 9.0), 200: (20.0, 18.0)}, extra_lines=tta)
+    make_run(root, "a_s2", "scratch_gn_r50.yaml", 2, {100: (12.0, 11.0), 200: (22.0, 20.0)},
+             extra_lines=[{"iteration": 200, "bbox_TTA/AP": 25.5, "segm_TTA/AP": 22.75}])
+    make_run(root, "b", "pretrained_gn_r50.yaml", 1, {100: (30.0, 27.0), 200: (25.0, 24.0)})
+    runs = find_runs([str(root)])
+    rows = build_table(runs)
+    by_seed = {(r["init"], r["seed"]): r for r in rows}
+    assert by_seed[("scratch", 1)]["box_AP_TTA"] == 23.5 and by_seed[("scratch", 1)]["mask_AP_TTA"] == 21.25
+    assert by_seed[("scratch", 1)]["box_AP"] == 20.0  # the plain AP stays the plain one
+    assert by_seed[("scratch", 2)]["box_AP_TTA"] == 25.5
+    assert "box_AP_TTA" not in by_seed[("pretrained", 1)]
+    paths = write_table(rows, str(tmp_path / "table"))
+    md = open(paths["md"]).read().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    line = next(x for x in md[2:] if "| 1 |" in x and "scratch" in x)
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert cells[header.index("box_AP_TTA")] == "23.50" and cells[header.index("mask_AP_TTA")] == "21.25"
+    assert next(r for r in csv.DictReader(open(paths["csv"])) if r["seed"] == "2")["box_AP_TTA"] == "25.5"
+    curves = list(csv.DictReader(open(plot_curves(runs, str(tmp_path / "ap_curves"))["csv"])))
+    end = next(r for r in curves if r["group"].startswith("scratch") and r["iteration"] == "200")
+    assert float(end["box_ap_tta_mean"]) == pytest.approx(24.5) and float(end["box_ap_tta_max"]) == 25.5
+    assert float(end["mask_ap_tta_min"]) == 21.25 and float(end["box_ap_mean"]) == pytest.approx(21.0)
+    assert all(r["box_ap_tta_mean"] == "" for r in curves if r is not end)  # only the final evaluation has it
+    # without any TTA metric there is no TTA column at all
+    md_plain = open(write_table(build_table([r for r in runs if r.axes["init"] == "pretrained"]),
+                                str(tmp_path / "plain"))["md"]).read()
+    assert "box_AP" in md_plain and "TTA" not in md_plain
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # run directories that always plot: partial and foreign configs, bad metrics lines, detectron2 runs
 # --------------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
     python tools/plot_curves.py output/a output/b --out output/cmp/ap_curves --title "R50 GN"
 
 Writes <out>.png/.pdf/.csv (curves: box and mask AP vs iterations, mean and min-max over seeds, LR
-drops dotted, the paper's number as a star) and <out>_table.md/.csv (one row per run vs the paper).
+drops dotted, the paper's number as a star, the final test-time-augmentation AP as an open diamond when
+TEST.AUG ran) and <out>_table.md/.csv (one row per run vs the paper; box_AP_TTA / mask_AP_TTA when present).
 
 A run is any directory with a config.yaml: rethink runs (metrics.jsonl) and detectron2 runs (metrics.json)
 plot side by side, on completed iterations. Configs are read leniently (only the grouping axes, detectron2's

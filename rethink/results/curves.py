@@ -1,6 +1,7 @@
 """AP-vs-iteration curves as in the paper's Figures 1 and 4: box AP and mask AP against
 iterations (and in units of "1x"), one line per setting (mean over seeds, min-max band), LR drops
-marked, the paper's final number for a matching setting drawn as a star at the end of its schedule."""
+marked, the paper's final number for a matching setting drawn as a star at the end of its schedule, and
+the test-time-augmentation AP of the final evaluation (TEST.AUG, "bbox_TTA/AP") as an open diamond."""
 import csv
 import logging
 import os
@@ -14,6 +15,12 @@ from .runs import AXES, Run
 
 logger = logging.getLogger(__name__)
 TASKS = (("bbox/AP", "box AP", "box_ap"), ("segm/AP", "mask AP", "mask_ap"))
+
+
+def tta_key(key: str) -> str:
+    """The test-time-augmentation metric of `key` (detectron2's suffix): "bbox/AP" -> "bbox_TTA/AP"."""
+    task, metric = key.split("/", 1)
+    return f"{task}_TTA/{metric}"
 
 
 def group_runs(runs: Sequence[Run]) -> Tuple[Dict[str, List[Run]], Dict[str, object]]:
@@ -62,6 +69,7 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = {}
+    with_tta = set()
     for t, (key, name, _) in enumerate(tasks):
         ax = axes[0][t]
         for g, (label, members) in enumerate(groups.items()):
@@ -75,18 +83,28 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
                 ax.fill_between(its, lo, hi, color=color, alpha=0.2, lw=0)
             for step in sorted({s for r in members for s in r.steps}):
                 ax.axvline(step, color=color, ls=":", lw=1)
+            prefix = TASKS[t][2]
+            t_its, t_mean, t_lo, t_hi, t_n = aggregate(members, tta_key(key))
+            if len(t_its):
+                ax.plot(t_its, t_mean, "D", color=color, ms=8, mfc="none", label=f"{label} TTA")
+                with_tta.add(prefix)
             ref = reference_for(members[0])
             ref_value = getattr(ref, "box_ap" if key == "bbox/AP" else "mask_ap", None) if ref else None
             if ref_value is not None:
                 ax.plot([members[0].max_iter], [ref_value], "*", color=color, ms=12, mec="black",
                         label=f"paper {ref.source}: {ref_value}")
-            prefix = TASKS[t][2]
             for i in range(len(its)):
                 row = rows.setdefault((label, int(its[i])), {
                     "group": label, "iteration": int(its[i]), "x_1x": round(its[i] / members[0].unit, 6),
                     "n_seeds": int(n[i])})
                 row[f"{prefix}_mean"], row[f"{prefix}_min"], row[f"{prefix}_max"] = (
                     round(float(mean[i]), 4), round(float(lo[i]), 4), round(float(hi[i]), 4))
+            for i in range(len(t_its)):  # the final evaluation's TTA AP on the same row (after n_seeds is set)
+                row = rows.setdefault((label, int(t_its[i])), {
+                    "group": label, "iteration": int(t_its[i]), "x_1x": round(t_its[i] / members[0].unit, 6),
+                    "n_seeds": int(t_n[i])})
+                row[f"{prefix}_tta_mean"], row[f"{prefix}_tta_min"], row[f"{prefix}_tta_max"] = (
+                    round(float(t_mean[i]), 4), round(float(t_lo[i]), 4), round(float(t_hi[i]), 4))
         units = {r.unit for r in runs}
         ax.set_xlabel("iterations")
         ax.set_ylabel(f"{name} (%)")
@@ -105,6 +123,7 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
     fig.savefig(paths["pdf"])
     plt.close(fig)
     stats = [f"{p}_{s}" for _, _, p in tasks for s in ("mean", "min", "max")]
+    stats += [f"{p}_tta_{s}" for _, _, p in tasks if p in with_tta for s in ("mean", "min", "max")]
     fields = ["group", "iteration", "x_1x", "n_seeds"] + stats
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

@@ -1,4 +1,5 @@
-"""The results table: one row per run with its axes, final and best box/mask AP, AP50/AP75,
+"""The results table: one row per run with its axes, final and best box/mask AP, AP50/AP75, the
+final test-time-augmentation box/mask AP (TEST.AUG: "bbox_TTA/AP", columns shown when a run has them),
 iterations done (completed iterations, detectron2 runs converted, see rethink.runs), GPU-hours (empty for
 detectron2 runs), and the paper's number with the delta where one applies."""
 import csv
@@ -9,8 +10,8 @@ from .curves import reference_for
 from .runs import AXES, Run
 
 COLUMNS = list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
-                        "mask_AP_best", "mask_AP50", "mask_AP75", "gpu_hours", "paper_box_AP", "delta_box",
-                        "paper_mask_AP", "delta_mask", "paper_source", "run"]
+                        "mask_AP_best", "mask_AP50", "mask_AP75", "box_AP_TTA", "mask_AP_TTA", "gpu_hours",
+                        "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask", "paper_source", "run"]
 
 
 def _fmt(v):
@@ -31,6 +32,9 @@ def run_row(run: Run) -> Dict[str, object]:
         row[f"{short}_AP_best"] = max(e[f"{task}/AP"] for e in evals)
         row[f"{short}_AP50"] = last.get(f"{task}/AP50")
         row[f"{short}_AP75"] = last.get(f"{task}/AP75")
+        tta = run.evals(f"{task}_TTA/AP")
+        if tta:
+            row[f"{short}_AP_TTA"] = tta[-1][f"{task}_TTA/AP"]
     ref = reference_for(run)
     if ref is not None:
         row["paper_source"] = ref.source
