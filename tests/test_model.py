@@ -46,7 +46,7 @@ def test_every_shipped_config_builds(config):
     cfg = load_config(CONFIGS / config)
     model = build_model(cfg)
     depth = cfg.MODEL.RESNETS.DEPTH
-    assert len(model.backbone.body.layer3) == {18: 2, 34: 6, 50: 6, 101: 23}[depth]
+    assert len(model.backbone.body.layer3) == {18: 2, 34: 6, 50: 6, 101: 23, 152: 36}[depth]
     norm = {"GN": nn.GroupNorm, "SyncBN": SyncBatchNorm, "FrozenBN": FrozenBatchNorm2d}[cfg.MODEL.RESNETS.NORM]
     if cfg.MODEL.RESNETS.DEPTH in (18, 34):
         assert not hasattr(model.backbone.body.layer4[0], "conv3")  # basic blocks

@@ -228,6 +228,33 @@ def test_our_configs_build_detectron2s_models(ours, prefix):
     _check_against_detectron2(model, _entry(prefix), ENTRIES[prefix])
 
 
+@pytest.mark.parametrize("name,max_iter,steps", [
+    ("scratch_gn_x152.yaml", 810_000, (750_000, 790_000)),  # Sec. 5.1: train aug from scratch at 9x
+    ("scratch_gn_x152_cascade.yaml", 810_000, (750_000, 790_000)),
+    ("scratch_gn_x101_32x8d.yaml", 810_000, (750_000, 790_000)),
+    ("pretrained_gn_x152_cascade.yaml", 540_000, (480_000, 520_000)),  # 6x from ImageNet pre-training
+])
+def test_big_model_configs_resolve_as_the_paper(name, max_iter, steps):
+    cfg = load_config(CONFIGS / name)
+    s, r = cfg.SOLVER, cfg.MODEL.RESNETS
+    assert (s.MAX_ITER, tuple(s.STEPS), s.IMS_PER_BATCH, s.BASE_LR) == (max_iter, steps, 16, 0.02)
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (640, 672, 704, 736, 768, 800)
+    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and not cfg.INPUT.CROP.ENABLED
+    assert (r.NUM_GROUPS, r.WIDTH_PER_GROUP, r.STRIDE_IN_1X1, r.DEPTH) == (32, 8, False, 101 if "x101" in name else 152)
+    assert not any(r.DEFORM_ON_PER_STAGE)
+    assert (cfg.MODEL.FPN.NORM, cfg.MODEL.ROI_BOX_HEAD.NORM, cfg.MODEL.ROI_MASK_HEAD.NORM) == ("GN", "GN", "GN")
+    cascade = "cascade" in name
+    assert (cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads") == cascade
+    assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG == cascade
+    assert cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN == (2000 if cascade else 1000)
+    if name.startswith("scratch"):
+        assert (r.NORM, cfg.MODEL.WEIGHTS, cfg.MODEL.BACKBONE.FREEZE_AT) == ("GN", "", 0)
+    else:  # the public IN-5k X152 is a Caffe2 BN model: FrozenBN, as detectron2's config uses it
+        assert r.NORM == "FrozenBN" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
+        assert cfg.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/FAIR/X-152-32x8d-IN5k.pkl"
+        assert tuple(cfg.MODEL.PIXEL_STD) == (1.0, 1.0, 1.0)
+
+
 def test_pretrained_x152_cascade_is_the_scratch_model_with_frozen_bn_body():
     with _no_init():
         scratch = build_model(load_config(CONFIGS / "scratch_gn_x152_cascade.yaml"))
