@@ -10,7 +10,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
 from ..evaluation import COCOEvaluator
 from ..modeling import build_model
+from ..modeling.tta import GeneralizedRCNNWithTTA
 from ..utils.rundir import checkpoint_name
 from . import comm
 from .checkpoint import Checkpointer, unwrap
@@ -153,8 +154,10 @@ class Trainer(TrainerBase):
         self._pending_losses = []
 
     def test(self) -> Dict[str, Dict[str, Dict[str, float]]]:
-        """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0."""
-        return evaluate(self.cfg, unwrap(self.model), self.device)
+        """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0. With
+        TEST.AUG.ENABLED the final evaluation (at SOLVER.MAX_ITER) adds test-time augmentation's."""
+        tta = self.cfg.TEST.AUG.ENABLED and self.completed >= self.max_iter
+        return evaluate(self.cfg, unwrap(self.model), self.device, tta=tta)
 
 
 class _LossInputs:
@@ -197,8 +200,11 @@ def inference_on_dataset(model, loader, evaluator, device) -> dict:
     return evaluator.evaluate()
 
 
-def evaluate(cfg, model, device) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{dataset: {"bbox": {...}, "segm": {...}}} on rank 0 ({} elsewhere)."""
+def evaluate(cfg, model, device, tta: Optional[bool] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{dataset: {"bbox": {...}, "segm": {...}}} on rank 0 ({} elsewhere). With `tta` (default
+    TEST.AUG.ENABLED) the model wrapped in test-time augmentation (modeling/tta.py) is evaluated too,
+    its tasks under detectron2's suffix: {"bbox_TTA": {...}, "segm_TTA": {...}} (flat "bbox_TTA/AP")."""
+    tta = cfg.TEST.AUG.ENABLED if tta is None else tta
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     results = {}
     for name in cfg.DATASETS.TEST:
@@ -206,6 +212,10 @@ def evaluate(cfg, model, device) -> Dict[str, Dict[str, Dict[str, float]]]:
         evaluator = COCOEvaluator(get_dataset_spec(name).json_file, backend=cfg.TEST.EVALUATOR, tasks=tasks,
                                   gather=comm.gather_to_main, is_main=comm.is_main_process())
         results[name] = inference_on_dataset(model, loader, evaluator, device)
+        if tta:
+            logger.info("Running inference with test-time augmentation on %s ...", name)
+            augmented = inference_on_dataset(GeneralizedRCNNWithTTA(cfg, model), loader, evaluator, device)
+            results[name].update({f"{task}_TTA": v for task, v in augmented.items()})
     return results if comm.is_main_process() else {}
 
 
