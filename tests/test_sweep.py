@@ -78,13 +78,20 @@ def test_paper_sweep_expands_to_the_full_grid_with_forks():
     assert "6240000 iterations computed vs 14400000 for separate runs (2.31x less compute)" in table
 
 
-@pytest.mark.parametrize("name,count", [("less_data.yaml", 24), ("depth.yaml", 16), ("freeze.yaml", 6)])
+@pytest.mark.parametrize("name,count", [("less_data.yaml", 64), ("depth.yaml", 16), ("freeze.yaml", 6)])
 def test_other_shipped_sweeps_expand(name, count):
     sweep = load_sweep(str(SWEEPS / name), root="/tmp/sweeps")
     assert len(sweep.runs) == count
     if name == "less_data.yaml":
-        r = next(r for r in sweep.runs if r.name == "scratch_1of10_2x_s0")
-        assert "('coco_2017_train_1of10_s0',)" in r.overrides
+        r = next(r for r in sweep.runs if r.name == "scratch_3.5k_retuned_maxiter20000")
+        assert "('coco_2017_train_3.5k_s0',)" in r.overrides
+        assert r.base_lr == 0.04 and r.steps == (13333, 17778) and r.max_iter == 20000
+        assert r.fork_from["trunk"] == "scratch_3.5k_retuned_maxiter60000" and r.fork_from["iteration"] == 13333
+        plain = next(r for r in sweep.runs if r.name == "pretrained_10k_plain_maxiter60000")
+        assert plain.base_lr == 0.02 and "SOLVER.GAMMA" not in plain.overrides
+        cfg = load_run_config(r.config, r.overrides + ["OUTPUT_DIR", "/tmp/x"])
+        assert cfg.SOLVER.GAMMA == 0.02 and tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(512, 801, 32))
+        assert {x.name.split("_")[1] for x in sweep.runs} == {"35k", "10k", "3.5k", "1k"}
     if name == "freeze.yaml":
         assert sorted(r.axes["freeze_at"] for r in sweep.runs) == [0, 1, 2, 3, 4, 5]
 
@@ -347,3 +354,132 @@ def test_cluster_defaults_fit_a_64_core_node_and_a_24h_partition():
     ports = {master_port(str(job)) for job in range(5000)}
     assert min(ports) >= 20000 and max(ports) < 32768  # below the ephemeral range 32768-60999
     assert len(ports) > 3000
+
+
+# --- the enhanced baselines: grids, bundle axes, the cascade switch ---------------------------------
+X152 = [CONFIGS / f"{name}.yaml"
+        for name in ("scratch_gn_x152", "scratch_gn_x152_cascade", "pretrained_gn_x152_cascade")]
+
+
+def _enhanced_spec(tmp_path, x152: bool):
+    spec = yaml.safe_load(open(SWEEPS / "enhanced.yaml"))
+    if not x152:
+        spec["grids"] = spec["grids"][:1]
+    return expand(spec, str(SWEEPS / "enhanced.yaml"), root=str(tmp_path))
+
+
+def test_enhanced_grid_and_cascade_switch(tmp_path):
+    sweep = _enhanced_spec(tmp_path, x152=False)
+    runs = {r.name: r for r in sweep.runs}
+    assert sorted(runs) == sorted(f"{i}_r{d}_{h}_s0" for i in ("scratch", "pretrained") for d in (50, 101)
+                                  for h in ("standard", "cascade"))
+    trunk, branch = runs["scratch_r50_standard_s0"], runs["scratch_r50_cascade_s0"]
+    assert (trunk.max_iter, trunk.steps, trunk.roi_heads) == (810000, (750000, 790000), "StandardROIHeads")
+    assert trunk.checkpoint_iters == [540000] and trunk.fork_from is None
+    assert branch.fork_from == {"trunk": "scratch_r50_standard_s0", "trunk_dir": trunk.output_dir,
+                                "iteration": 540000, "convert": "cascade"}
+    assert branch.config.endswith("configs/enhanced/scratch_gn_r50_cascade.yaml") and branch.iterations == 270000
+    cfg = load_run_config(branch.config, branch.overrides + ["OUTPUT_DIR", branch.output_dir])
+    assert (cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG, cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+            cfg.TEST.AUG.ENABLED, cfg.TEST.AUG.MAX_SIZE) == ("CascadeROIHeads", True, 2000, True, 2000)
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (640, 672, 704, 736, 768, 800) and cfg.SEED == 0
+    # pre-trained runs: 6x, cascade throughout (no branch)
+    pre = runs["pretrained_r101_cascade_s0"]
+    assert (pre.max_iter, pre.fork_from, pre.iterations) == (540000, None, 540000)
+    assert runs["pretrained_r101_standard_s0"].checkpoint_iters == []
+    table = plan_table(sweep)
+    assert "scratch_r101_cascade_s0 (cascade branch of scratch_r101_standard_s0 at 540000)" in table
+    assert "8 runs in one job array (at most 16 at once), 4320000 iterations, ~4902 GPU-hours" in table
+    assert "4320000 iterations computed vs 5400000 for separate runs (1.25x less compute)" in table
+    assert re.search(r"scratch_r50_cascade_s0 .* 270000 +288 ", table)  # 270k x 0.4 s x 1.2 (cascade) x 8 GPUs
+    assert re.search(r"\nscratch_r50_standard_s0 .* 810000 +720 ", table)
+    lines = {line.split()[0]: line for line in table.splitlines() if "  schedule: " in line}
+    assert lines["pretrained_r50_cascade_s0"].endswith("max 2000, + flip): *_TTA metrics")
+    assert "TTA" not in lines["pretrained_r50_standard_s0"]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in X152), reason="the X152 configs (another change) are not here yet")
+def test_enhanced_dry_run_lists_runs_and_gpu_hours(tmp_path, coco_root, capsys, monkeypatch):
+    monkeypatch.setenv("RETHINK_DATASETS", coco_root)
+    rc, out, err = launch_main(capsys, "submit", "--sweep", str(SWEEPS / "enhanced.yaml"), "--dry-run",
+                               "--root", str(tmp_path))
+    assert rc == 0, err
+    assert "11 runs in one job array (at most 16 at once), 5940000 iterations, ~11238 GPU-hours" in out
+    assert "5940000 iterations computed vs 7560000 for separate runs (1.27x less compute)" in out
+    assert "scratch_x152_cascade_s0 (cascade branch of scratch_x152_standard_s0 at 540000)" in out
+    assert not (tmp_path / "enhanced").exists()
+
+
+@pytest.mark.parametrize("rule,message", [
+    ({"axis": "heads"}, "cascade_switch: {'axis': 'heads'}: give {axis: "),
+    ({"axis": "head", "last_iters": 10}, "cascade_switch.axis: 'head' is not an axis of this sweep"),
+    ({"axis": "heads", "last_iters": 30}, "cascade_switch: c_s5 cannot branch off standard_s5 at iteration -3: "
+                                          "its MAX_ITER 27 is not longer than last_iters 30"),
+    ({"axis": "heads", "last_iters": 20}, "cascade_switch: c_s5 cannot branch off standard_s5 at iteration 7: "
+                                          "an LR drop before the switch (STEPS (6, 21)"),
+    ({"axis": "heads", "last_iters": 10, "only": {"seed": 4}}, "cascade_switch.only: no run has seed = 4"),
+])
+def test_cascade_switch_errors(rule, message):
+    spec = {"name": "sw", "config": TINY, "overrides": FORK + ["SOLVER.SCHEDULE", "3x"], "cascade_switch": rule,
+            "axes": {"heads": {"standard": [], "c": ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
+                                                     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]},
+                     "seed": [5]}}
+    if rule.get("last_iters") == 20:
+        spec["overrides"] = spec["overrides"] + ["SOLVER.STEPS", "(6, 21)"]
+    with pytest.raises(SweepError) as e:
+        expand(spec, "s.yaml")
+    assert message in str(e.value)
+
+
+def test_bundle_axis_and_grid_errors():
+    with pytest.raises(SweepError, match=r"s.yaml: axes.recipe.fast: \['SOLVER.BASE_LR'\]: each value"):
+        expand({"config": TINY, "axes": {"recipe": {"fast": ["SOLVER.BASE_LR"]}}}, "s.yaml")
+    with pytest.raises(SweepError, match="axes.schedule: a mapping .* schedule takes a list of values"):
+        expand({"config": TINY, "axes": {"schedule": {"a": []}}}, "s.yaml")
+    with pytest.raises(SweepError, match="s.yaml: grids\\[0\\]: unknown key\\(s\\) \\['axis'\\]"):
+        expand({"grids": [{"config": TINY, "axis": {}}]}, "s.yaml")
+    with pytest.raises(SweepError, match="two runs are both named s1"):
+        expand({"grids": [{"config": TINY, "axes": {"seed": [1]}}] * 2}, "s.yaml")
+    sweep = expand({"config": TINY, "overrides": SHORT,
+                    "axes": {"recipe": {"plain": [], "fast": ["SOLVER.BASE_LR", 0.04]}, "seed": [1]}}, "s.yaml")
+    assert [(r.name, r.base_lr, r.axes["recipe"]) for r in sweep.runs] == [("plain_s1", 0.02, "plain"),
+                                                                          ("fast_s1", 0.04, "fast")]
+
+
+def test_cascade_branch_starts_from_the_converted_trunk_checkpoint(tmp_path):
+    """The trunk's checkpoint at the switch becomes the branch's: strict load into the cascade model, every stage's
+    box head and class scores the trunk's, class-agnostic regressors fresh, iteration and metrics carried over."""
+    from rethink.engine.checkpoint import cascade_checkpoint_from_standard
+    from rethink.modeling import build_model
+
+    spec = {"name": "sw", "root": str(tmp_path), "config": TINY, "overrides": FORK + ["SOLVER.SCHEDULE", "3x"],
+            "cascade_switch": {"axis": "heads", "last_iters": 10},
+            "axes": {"heads": {"standard": [], "cascade": ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
+                                                           "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]}}}
+    trunk, branch = expand(spec, "s.yaml").runs
+    assert branch.fork_from["iteration"] == 17 and trunk.checkpoint_iters == [17]
+    cfg_t = load_run_config(trunk.config, trunk.overrides + ["OUTPUT_DIR", trunk.output_dir])
+    cfg_b = load_run_config(branch.config, branch.overrides + ["OUTPUT_DIR", branch.output_dir], resume=True)
+    torch.manual_seed(0)
+    standard = build_model(cfg_t).state_dict()
+    d = RunDir(trunk.output_dir)
+    os.makedirs(d.path)
+    torch.save({"model": standard, "iteration": 17, "optimizer": {"state": {}}}, d.checkpoint(17))
+    with open(d.metrics_file, "w") as f:
+        f.write('{"iteration": 12, "bbox/AP": 1.0}\n{"iteration": 18, "bbox/AP": 2.0}\n')
+    prepare_branch(cfg_b, branch.fork_from)
+    data = torch.load(RunDir(branch.output_dir).checkpoint(17), weights_only=True)
+    assert data["iteration"] == 17 and "optimizer" not in data
+    build_model(cfg_b).load_state_dict(data["model"])  # strict
+    m = data["model"]
+    for k in range(3):
+        assert torch.equal(m[f"roi_heads.box_head.{k}.0.0.weight"], standard["roi_heads.box_head.0.0.weight"])
+        assert torch.equal(m[f"roi_heads.box_predictor.{k}.cls_score.bias"],
+                           standard["roi_heads.box_predictor.cls_score.bias"])
+        assert m[f"roi_heads.box_predictor.{k}.bbox_pred.weight"].shape[0] == 4
+        assert 0 < m[f"roi_heads.box_predictor.{k}.bbox_pred.weight"].std() < 0.002
+    rest = [k for k in standard if not k.startswith(("roi_heads.box_head.", "roi_heads.box_predictor."))]
+    assert len(rest) > 100 and all(torch.equal(m[k], standard[k]) for k in rest)  # backbone, RPN, mask head
+    assert [x["iteration"] for x in read_metrics(RunDir(branch.output_dir).metrics_file)] == [12]
+    with pytest.raises(ValueError, match="x.pth: not a standard-head checkpoint .*already has cascade stages"):
+        cascade_checkpoint_from_standard(data, 3, 0, "x.pth")

@@ -7,6 +7,12 @@ schedule's first LR drop. The trunk checkpoints there (SOLVER.CHECKPOINT_ITERS);
 schedule is a branch that starts from that checkpoint in its own OUTPUT_DIR, with the trunk's metrics
 up to the fork carried over so its curve is complete, and trains the rest with its own LR drops.
 
+Cascade switch (sweep key `cascade_switch`): the paper's scratch models "switch to cascade in the final 270k
+iterations" (Sec. 5.1). A Cascade R-CNN run is a branch of its standard-head twin (same grid, same axes but
+the heads axis), starting from the twin's checkpoint at MAX_ITER - 270k, whose weights are converted for
+the cascade model (rethink.engine.checkpoint.cascade_checkpoint_from_standard: the trained box head copied
+into every stage); the branch trains the rest with its own config (cascade heads, its LR drops).
+
 Branches are submitted by the trunk's job as soon as their fork checkpoint exists (a watcher thread
 on rank 0); a marker file in the branch dir (RunDir.fork_marker) makes that happen once, also across
 trunk requeues.
@@ -18,7 +24,10 @@ import threading
 import time
 from typing import Dict, List
 
-from ..utils.atomic import atomic_copy, atomic_write_text
+import torch
+
+from ..engine.checkpoint import cascade_checkpoint_from_standard
+from ..utils.atomic import atomic_copy, atomic_torch_save, atomic_write_text
 from ..utils.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -26,11 +35,11 @@ logger = logging.getLogger(__name__)
 
 def _group_key(run) -> tuple:
     pairs = list(zip(run.overrides[0::2], run.overrides[1::2]))
-    return (run.config, tuple(p for p in pairs if p[0] != "SOLVER.SCHEDULE"))
+    return (run.config, tuple(p for p in pairs if p[0] not in ("SOLVER.SCHEDULE", "SOLVER.MAX_ITER")))
 
 
 def plan_forks(runs) -> None:
-    """Mark, among runs that differ only in SOLVER.SCHEDULE, the longest as trunk and the others as
+    """Mark, among runs that differ only in SOLVER.SCHEDULE or SOLVER.MAX_ITER, the longest as trunk and the others as
     branches at their first LR drop (where the trunk still runs at the same LR)."""
     groups: Dict[tuple, list] = {}
     for r in runs:
@@ -56,6 +65,53 @@ def plan_forks(runs) -> None:
             trunk.checkpoint_iters = sorted(set(trunk.checkpoint_iters) | {k})
 
 
+CASCADE_SWITCH_KEYS = {"axis", "last_iters", "only"}
+
+
+def plan_cascade_switch(runs, rule: dict) -> None:
+    """`cascade_switch: {axis: heads, last_iters: 270000, only: {init: scratch}}`: every run with
+    CascadeROIHeads (whose axes match `only`) becomes a branch of its twin with StandardROIHeads (same grid,
+    the same value on every axis but `axis`) at iteration MAX_ITER - last_iters. Raises ValueError when the
+    rule is malformed, a cascade run has no (or several) twins, or the two runs' LR differs before the fork."""
+    if not isinstance(rule, dict) or set(rule) - CASCADE_SWITCH_KEYS or "axis" not in rule or "last_iters" not in rule:
+        raise ValueError(f"cascade_switch: {rule!r}: give {{axis: <the axis of the heads>, last_iters: N, "
+                         f"only: {{axis: value}} (optional)}}")
+    axis, last, only = rule["axis"], rule["last_iters"], rule.get("only") or {}
+    if not isinstance(last, int) or isinstance(last, bool) or last <= 0:
+        raise ValueError(f"cascade_switch.last_iters: {last!r} must be a positive number of iterations")
+    if not any(axis in r.axes for r in runs):
+        raise ValueError(f"cascade_switch.axis: {axis!r} is not an axis of this sweep")
+    for a, v in only.items():
+        if not any(str(r.axes.get(a)) == str(v) for r in runs):
+            raise ValueError(f"cascade_switch.only: no run has {a} = {v!r}")
+    for b in runs:
+        if b.roi_heads != "CascadeROIHeads" or any(str(b.axes.get(a)) != str(v) for a, v in only.items()):
+            continue
+        twins = [t for t in runs if t.grid == b.grid and t.roi_heads == "StandardROIHeads" and axis in t.axes
+                 and all(t.axes.get(a) == v for a, v in b.axes.items() if a != axis)]
+        if len(twins) != 1:
+            raise ValueError(f"cascade_switch: {b.name} needs exactly one run with standard heads and the same "
+                             f"axes but {axis!r}, found {[t.name for t in twins] or 'none'}")
+        trunk, k = twins[0], b.max_iter - last
+        problems = [why for bad, why in (
+            (k <= 0, f"its MAX_ITER {b.max_iter} is not longer than last_iters {last}"),
+            (k >= trunk.max_iter, f"the trunk ends at {trunk.max_iter}, before iteration {k}"),
+            (trunk.fork_from is not None, f"the trunk {trunk.name} is itself a branch"),
+            (b.fork_from is not None, "it is already a branch of a schedule fork"),
+            (trunk.seed < 0 or trunk.seed != b.seed, f"SEED {trunk.seed} vs {b.seed} (both explicit and equal)"),
+            (trunk.ims_per_batch != b.ims_per_batch, f"IMS_PER_BATCH {trunk.ims_per_batch} vs {b.ims_per_batch}"),
+            (trunk.base_lr != b.base_lr or trunk.warmup_iters != b.warmup_iters,
+             f"BASE_LR/WARMUP_ITERS {trunk.base_lr}/{trunk.warmup_iters} vs {b.base_lr}/{b.warmup_iters}"),
+            (bool(trunk.steps) and trunk.steps[0] < k or bool(b.steps) and b.steps[0] < k,
+             f"an LR drop before the switch (STEPS {trunk.steps} / {b.steps})"),
+        ) if bad]
+        if problems:
+            raise ValueError(f"cascade_switch: {b.name} cannot branch off {trunk.name} at iteration {k}: "
+                             + "; ".join(problems))
+        b.fork_from = {"trunk": trunk.name, "trunk_dir": trunk.output_dir, "iteration": k, "convert": "cascade"}
+        trunk.checkpoint_iters = sorted(set(trunk.checkpoint_iters) | {k})
+
+
 def prepare_branch(cfg, fork_from: dict, rank: int = 0, timeout_s: float = 600.0) -> None:
     """Seed a branch's OUTPUT_DIR from the trunk (first start only): the fork checkpoint becomes its
     last checkpoint and the trunk's metrics up to the fork become its first lines. Other ranks wait."""
@@ -74,7 +130,14 @@ def prepare_branch(cfg, fork_from: dict, rank: int = 0, timeout_s: float = 600.0
     if not os.path.isfile(src):
         raise FileNotFoundError(f"branch {out}: the trunk's fork checkpoint {src} does not exist")
     os.makedirs(out, exist_ok=True)
-    atomic_copy(src, run.checkpoint(k))
+    if fork_from.get("convert") == "cascade":
+        data = torch.load(src, map_location="cpu", weights_only=True)
+        data = cascade_checkpoint_from_standard(data, len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS), cfg.SEED, src)
+        atomic_torch_save(data, run.checkpoint(k))
+    elif fork_from.get("convert"):
+        raise ValueError(f"branch {out}: unknown conversion {fork_from['convert']!r} of the trunk's checkpoint")
+    else:
+        atomic_copy(src, run.checkpoint(k))
 
     lines = [m for m in trunk.metrics() if m["iteration"] <= k]
     atomic_write_text(run.metrics_file, "".join(json.dumps(m) + "\n" for m in lines))

@@ -13,9 +13,18 @@
       freeze_at: [0, 2]              # MODEL.BACKBONE.FREEZE_AT
       seed: [0, 1]                   # SEED
       SOLVER.BASE_LR: [0.02, 0.03]   # any config key
+      recipe:                        # a named bundle: {value: [KEY, VALUE, ...]} applies those overrides,
+        plain: []                    #   {value: "text"} fills {recipe} in the config template with the text
+        retuned: [SOLVER.BASE_LR, 0.04]
     exclude: [{init: pretrained, schedule: 6x}]   # drop combinations
     overrides: [TEST.EVAL_PERIOD, 10000]         # for every run
     resources: {nodes: 1, gpus_per_node: 8, time: "72:00:00", partition: learnfair, array_parallelism: 16}
+
+A sweep of several grids lists them under `grids:` (each with its own `config`, `axes`, `exclude` and extra
+`overrides`; everything else is the sweep's); run names must differ across grids. `fork_schedules: true`
+branches the shorter schedules of a group off its longest run, `cascade_switch: {axis: heads, last_iters:
+270000, only: {init: scratch}}` trains a cascade run's final iterations only, as a branch of its
+standard-head twin (rethink.cluster.branches).
 
 Every run's config is loaded and validated at expansion time, so a bad key fails before anything
 is submitted; so do an axis or an `exclude` entry naming no axis of the sweep, an exclude entry that
@@ -28,6 +37,7 @@ import difflib
 import itertools
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -39,16 +49,21 @@ from ..config import describe_schedule, load_config
 from ..data.catalog import SUBSET_RE
 from ..data.subsets import Selection
 from ..utils.fingerprint import config_fingerprint
-from .branches import plan_forks
+from .branches import plan_cascade_switch, plan_forks
 from .resources import Resources
 
 NAMED_AXES = {"init": None, "norm": None, "depth": None, "schedule": "SOLVER.SCHEDULE", "subset": "DATASETS.TRAIN",
               "freeze_at": "MODEL.BACKBONE.FREEZE_AT", "seed": "SEED"}
 SWEEP_KEYS = {"name", "root", "config", "axes", "exclude", "overrides", "resources", "train_dataset", "subset_seed",
-              "fork_schedules", "single"}
+              "fork_schedules", "single", "grids", "cascade_switch"}
+GRID_KEYS = {"config", "axes", "exclude", "overrides"}
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Rough seconds per iteration of R-FPN Mask R-CNN at 16 images/batch on 8 V100s, for GPU-hour estimates.
 SEC_PER_ITER = {18: 0.25, 34: 0.30, 50: 0.40, 101: 0.55, 152: 0.70}
+# ResNeXt bodies (depth, groups x width per group): rough, from their FLOPs (the paper: X152-32x8d ~4x R101's)
+SEC_PER_ITER_RESNEXT = {(101, 256): 1.00, (152, 256): 1.60}
+# Cascade R-CNN: two more 4conv1fc box heads and 2000 training proposals per image (rough)
+CASCADE_TIME_FACTOR = 1.2
 
 
 class SweepError(ValueError):
@@ -74,11 +89,20 @@ class RunSpec:
     evaluates: bool = True  # DATASETS.TEST is not empty: the run ends with an evaluation
     device: str = "cuda"  # MODEL.DEVICE
     fingerprint: Optional[dict] = None  # utils.fingerprint.config_fingerprint of the resolved config
+    base_lr: float = 0.0
+    roi_heads: str = "StandardROIHeads"  # MODEL.ROI_HEADS.NAME
+    body_width: int = 0  # NUM_GROUPS x WIDTH_PER_GROUP of a ResNeXt body, 0 for a ResNet
+    tta: str = ""  # the final evaluation's test-time augmentation (TEST.AUG), "" when off
+    grid: int = 0  # index of the sweep's grid it comes from
+
+    def sec_per_iter(self, res: Resources) -> float:
+        if res.sec_per_iter:
+            return res.sec_per_iter
+        spi = SEC_PER_ITER_RESNEXT.get((self.depth, self.body_width)) or SEC_PER_ITER.get(self.depth, 0.4)
+        return spi * (CASCADE_TIME_FACTOR if self.roi_heads == "CascadeROIHeads" else 1.0)
 
     def gpu_hours(self, res: Resources) -> float:
-        spi = res.sec_per_iter or SEC_PER_ITER.get(self.depth, 0.4)
-        start = self.fork_from["iteration"] if self.fork_from else 0
-        return (self.max_iter - start) * spi * 8 * (self.ims_per_batch / 16) / 3600
+        return self.iterations * self.sec_per_iter(res) * 8 * (self.ims_per_batch / 16) / 3600
 
     @property
     def iterations(self) -> int:
@@ -101,7 +125,7 @@ class Sweep:
 
 
 def _fmt(axis: str, value) -> str:
-    if axis in ("init", "schedule", "subset"):
+    if axis in ("init", "schedule", "subset") or _is_bundle_value(value):
         return str(value)
     if axis == "norm":
         return str(value).lower()
@@ -115,7 +139,22 @@ def _fmt(axis: str, value) -> str:
     return f"{short}{value}".replace("/", "-").replace(" ", "")
 
 
+class _Bundle(str):
+    """A value of a bundle axis ({value: overrides or template text}): the value's name, with what it stands for."""
+
+    def __new__(cls, name: str, meaning):
+        obj = super().__new__(cls, name)
+        obj.meaning = meaning
+        return obj
+
+
+def _is_bundle_value(value) -> bool:
+    return isinstance(value, _Bundle)
+
+
 def _axis_overrides(axis: str, value, sweep: dict) -> List[str]:
+    if _is_bundle_value(value):
+        return [str(x) for x in value.meaning] if isinstance(value.meaning, list) else []
     key = NAMED_AXES.get(axis, axis)
     if key is None:
         return []
@@ -128,6 +167,12 @@ def _axis_overrides(axis: str, value, sweep: dict) -> List[str]:
     return [key, str(value)]
 
 
+def _template_value(axis: str, value) -> str:
+    if _is_bundle_value(value):
+        return value.meaning if isinstance(value.meaning, str) else str(value)
+    return str(value).lower() if axis == "norm" else value
+
+
 def load_sweep(path: str, root: Optional[str] = None) -> Sweep:
     with open(path) as f:
         spec = yaml.safe_load(f) or {}
@@ -137,9 +182,50 @@ def load_sweep(path: str, root: Optional[str] = None) -> Sweep:
     return expand(spec, path, root)
 
 
+def _grids(spec: dict, source: str) -> List[dict]:
+    """The sweep's grids: `grids` entries on top of the sweep's own keys (their overrides after the sweep's),
+    or the sweep itself as one grid."""
+    raw = spec.get("grids")
+    if raw is None:
+        return [spec]
+    if not isinstance(raw, list) or not raw or not all(isinstance(g, dict) for g in raw):
+        raise SweepError(f"{source}: grids: a list of {{config, axes, exclude, overrides}} mappings is required")
+    if "config" in spec or "axes" in spec or "exclude" in spec:
+        raise SweepError(f"{source}: with grids, config/axes/exclude belong to each grid, not to the sweep")
+    out = []
+    for i, g in enumerate(raw):
+        unknown = set(g) - GRID_KEYS
+        if unknown:
+            raise SweepError(f"{source}: grids[{i}]: unknown key(s) {sorted(unknown)}; known: {sorted(GRID_KEYS)}")
+        out.append({**spec, **g, "overrides": list(spec.get("overrides") or []) + list(g.get("overrides") or [])})
+    return out
+
+
 def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> Sweep:
     name = spec.get("name") or os.path.splitext(os.path.basename(source))[0]
     root = os.path.abspath(root or spec.get("root", "output/sweeps"))
+    resources = Resources.from_dict(spec.get("resources"))
+    runs, names = [], set()
+    grids = _grids(spec, source)
+    for i, grid in enumerate(grids):
+        where = f"{source}: grids[{i}]" if len(grids) > 1 or "grids" in spec else source
+        for run in _expand_grid(grid, where, name, root):
+            if run.name in names:
+                raise SweepError(f"{source}: two runs are both named {run.name}")
+            names.add(run.name)
+            run.grid = i
+            runs.append(run)
+    try:
+        if spec.get("fork_schedules"):
+            plan_forks(runs)
+        if spec.get("cascade_switch"):
+            plan_cascade_switch(runs, spec["cascade_switch"])
+    except ValueError as e:
+        raise SweepError(f"{source}: {e}") from None
+    return Sweep(name, root, runs, resources, spec)
+
+
+def _expand_grid(spec: dict, source: str, name: str, root: str) -> List[RunSpec]:
     axes = _check_axes(spec.get("axes"), spec, source)
     template = spec.get("config")
     if not template:
@@ -147,15 +233,15 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
                          "configs/{init}_{norm}_r{depth}.yaml) is required")
     excludes = _check_excludes(spec.get("exclude"), axes, source)
     common = [str(x) for x in (spec.get("overrides") or [])]
-    resources = Resources.from_dict(spec.get("resources"))
-    base_dir = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else os.getcwd()
-    runs, names = [], set()
+    base_dir = os.path.dirname(os.path.abspath(source.split(": ")[0])) if os.path.isfile(source.split(": ")[0]) \
+        else os.getcwd()
+    runs = []
     for combo in itertools.product(*axes.values()) if axes else [()]:
         values = dict(zip(axes.keys(), combo))
         if any(all(values.get(k) == v for k, v in ex.items()) for ex in excludes):
             continue
         try:
-            config = template.format(**{k: str(v).lower() if k == "norm" else v for k, v in values.items()})
+            config = template.format(**{k: _template_value(k, v) for k, v in values.items()})
         except KeyError as e:
             raise SweepError(f"{source}: config template {template!r} needs the axis {e.args[0]!r}") from None
         for where in (base_dir, PROJECT_ROOT):  # relative to the cwd, the sweep file, or this checkout
@@ -166,9 +252,6 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
         for axis, value in values.items():
             overrides += _axis_overrides(axis, value, spec)
         run_name = "_".join(_fmt(a, v) for a, v in values.items()) or name
-        if run_name in names:
-            raise SweepError(f"{source}: two runs are both named {run_name}")
-        names.add(run_name)
         output_dir = os.path.join(root, name) if spec.get("single") else os.path.join(root, name, run_name)
         try:
             resolution = {}
@@ -176,19 +259,27 @@ def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> S
         except Exception as e:
             entry = next((f" (axes.{a}: {v!r})" for a, v in values.items() if "." in a and a in str(e)), "")
             raise SweepError(f"{source}: run {run_name}{entry}: {e}") from None
-        runs.append(RunSpec(run_name, config, overrides, output_dir, values, cfg.SOLVER.MAX_ITER,
-                            cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.RESNETS.DEPTH, tuple(cfg.SOLVER.STEPS),
+        r = cfg.MODEL.RESNETS
+        runs.append(RunSpec(run_name, config, overrides, output_dir, {a: str(v) if _is_bundle_value(v) else v
+                                                                      for a, v in values.items()},
+                            cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, r.DEPTH, tuple(cfg.SOLVER.STEPS),
                             cfg.SOLVER.WARMUP_ITERS, cfg.SEED, schedule=describe_schedule(cfg, resolution),
                             evaluates=bool(cfg.DATASETS.TEST), device=cfg.MODEL.DEVICE,
-                            fingerprint=config_fingerprint(cfg)))
+                            fingerprint=config_fingerprint(cfg), base_lr=cfg.SOLVER.BASE_LR,
+                            roi_heads=cfg.MODEL.ROI_HEADS.NAME,
+                            body_width=r.NUM_GROUPS * r.WIDTH_PER_GROUP if r.NUM_GROUPS > 1 else 0,
+                            tta=_describe_tta(cfg)))
     if not runs:
         raise SweepError(f"{source}: exclude {excludes} leaves no run")
-    if spec.get("fork_schedules"):
-        try:
-            plan_forks(runs)
-        except ValueError as e:
-            raise SweepError(f"{source}: {e}") from None
-    return Sweep(name, root, runs, resources, spec)
+    return runs
+
+
+def _describe_tta(cfg) -> str:
+    aug = cfg.TEST.AUG
+    if not aug.ENABLED or not cfg.DATASETS.TEST:
+        return ""
+    return (f"final evaluation also with test-time augmentation (short side {tuple(aug.MIN_SIZES)}, max "
+            f"{aug.MAX_SIZE}{', + flip' if aug.FLIP else ''}): *_TTA metrics")
 
 
 def _unknown(kind: str, name, known, source: str, where: str) -> SweepError:
@@ -206,6 +297,9 @@ def _check_axes(raw, spec: dict, source: str) -> Dict[str, list]:
         raise SweepError(f"{source}: axes: a mapping {{axis: [values]}} is required, not {raw!r}")
     axes: Dict[str, list] = {}
     for axis, values in raw.items():
+        if isinstance(values, dict):
+            axes[axis] = _check_bundle(axis, values, source)
+            continue
         if axis not in NAMED_AXES and "." not in str(axis):
             raise _unknown("axis", axis, list(NAMED_AXES) + ["<any config KEY, e.g. SOLVER.BASE_LR>"], source,
                            f"axes.{axis}")
@@ -217,6 +311,27 @@ def _check_axes(raw, spec: dict, source: str) -> Dict[str, list]:
                 _check_subset(v, spec, source)
         axes[axis] = values
     return axes
+
+
+def _check_bundle(axis, values: dict, source: str) -> list:
+    """A bundle axis {value: [KEY, VALUE, ...] or "template text"}: its values, each carrying its meaning."""
+    where = f"{source}: axes.{axis}"
+    if "." in str(axis) or NAMED_AXES.get(axis) is not None:
+        raise SweepError(f"{where}: a mapping {{value: overrides or template text}} names a bundle axis of its own "
+                         f"(e.g. recipe, heads); {axis} takes a list of values")
+    if not values:
+        raise SweepError(f"{where}: every axis needs values")
+    out = []
+    for name, meaning in values.items():
+        if meaning is None:
+            meaning = []
+        ok = isinstance(meaning, str) or (isinstance(meaning, list) and len(meaning) % 2 == 0)
+        if not ok or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", str(name)):
+            raise SweepError(f"{where}.{name}: {meaning!r}: each value (a name of letters, digits, '.', '+', '-') "
+                             "maps to KEY, VALUE pairs (a list) or to the text its {axis} stands for in the config "
+                             "template (a string)")
+        out.append(_Bundle(str(name), meaning))
+    return out
 
 
 def _check_subset(value, spec: dict, source: str) -> None:
@@ -256,7 +371,8 @@ def plan_table(sweep: Sweep, cluster: str = "slurm") -> str:
     res = sweep.resources
     rows = [("run", "config", "overrides", "nodes x ranks", "iters", "GPU-h (est.)")]
     for r in sweep.runs:
-        fork = f" (branch of {r.fork_from['trunk']} at {r.fork_from['iteration']})" if r.fork_from else ""
+        kind = "cascade branch" if r.fork_from and r.fork_from.get("convert") else "branch"
+        fork = f" ({kind} of {r.fork_from['trunk']} at {r.fork_from['iteration']})" if r.fork_from else ""
         ranks = res.ranks_per_node(cluster, r.device.startswith("cuda"))
         rows.append((r.name + fork, os.path.relpath(r.config), " ".join(r.overrides),
                      f"{res.nodes}x{ranks}", str(r.iterations), f"{r.gpu_hours(res):.0f}"))
@@ -270,7 +386,7 @@ def plan_table(sweep: Sweep, cluster: str = "slurm") -> str:
     if fork:
         lines.append(fork)
     width = max(len(r.name) for r in sweep.runs)
-    lines += [f"{r.name.ljust(width)}  {r.schedule}" for r in sweep.runs]
+    lines += [f"{r.name.ljust(width)}  {r.schedule}" + (f"; {r.tta}" if r.tta else "") for r in sweep.runs]
     return "\n".join(lines)
 
 

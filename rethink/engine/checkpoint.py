@@ -231,3 +231,47 @@ def _move_aside(path: str, aside: str) -> None:
         os.replace(path, aside)
     except OSError as e:
         logger.warning("Could not move %s aside (%s)", path, e)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A standard-head checkpoint as a Cascade R-CNN's (the paper's scratch models switch to cascade for their final
+# 270k iterations, Sec. 5.1; rethink.cluster.branches starts such a branch from its standard-head trunk).
+# --------------------------------------------------------------------------------------------------------------------
+BOX_HEAD, BOX_PREDICTOR = "roi_heads.box_head.", "roi_heads.box_predictor."
+
+
+def cascade_checkpoint_from_standard(data: dict, num_stages: int, seed: int, source: str = "<checkpoint>") -> dict:
+    """A training checkpoint of a model with StandardROIHeads, made one of the same model with CascadeROIHeads
+    of `num_stages` stages: every stage gets a copy of the trained box head (roi_heads.box_head.*) and class-score
+    layer; the class-agnostic box regressors (4 outputs instead of 4 x classes) start as the predictor's own
+    initialisation does (weights N(0, 0.001) drawn from a generator seeded with `seed`, bias 0). This is how the
+    detectron2 golden fixture's cascade model was made from the standard one (enhanced/README.md); the paper does
+    not say how its stages were initialised. Everything else (backbone, RPN, mask head, iteration, RNG, AMP scale)
+    is kept; the optimizer state is dropped (its parameters differ): SGD's momentum restarts at the switch."""
+    model = data["model"]
+    reg = BOX_PREDICTOR + "bbox_pred.weight"
+    if reg not in model:
+        cascade = any(k.startswith(BOX_PREDICTOR + "0.") for k in model)
+        raise ValueError(f"{source}: not a standard-head checkpoint (no {reg}"
+                         f"{'; it already has cascade stages' if cascade else ''})")
+    gen = torch.Generator().manual_seed(int(seed))
+    width = model[reg].shape[1]
+    out = {}
+    for key, value in model.items():
+        if key.startswith(BOX_HEAD):
+            rest = key[len(BOX_HEAD):]
+            out.update({f"{BOX_HEAD}{k}.{rest}": value.clone() for k in range(num_stages)})
+        elif key.startswith(BOX_PREDICTOR + "cls_score."):
+            rest = key[len(BOX_PREDICTOR):]
+            out.update({f"{BOX_PREDICTOR}{k}.{rest}": value.clone() for k in range(num_stages)})
+        elif not key.startswith(BOX_PREDICTOR + "bbox_pred."):
+            out[key] = value
+    for k in range(num_stages):
+        weight = torch.empty(4, width, dtype=model[reg].dtype).normal_(0.0, 0.001, generator=gen)
+        out[f"{BOX_PREDICTOR}{k}.bbox_pred.weight"] = weight
+        out[f"{BOX_PREDICTOR}{k}.bbox_pred.bias"] = torch.zeros(4, dtype=model[reg].dtype)
+    converted = {k: v for k, v in data.items() if k != "optimizer"}
+    converted["model"] = out
+    logger.info("%s: standard box head and class scores copied into %d cascade stages, class-agnostic box "
+                "regressors initialised (seed %d), optimizer state dropped", source, num_stages, seed)
+    return converted
