@@ -174,6 +174,38 @@ SLOW_WRITE = textwrap.dedent('''
             blob = read(path)
             return blob + b"x" if comm.get_rank() == int(os.environ["FAULT_OTHER_BYTES_RANK"]) else blob
         ck._read = other_bytes
+    if os.environ.get("FAULT_STOP_EVAL_LOG"):
+        # the process's first evaluation: every batch handed to the model is logged ("rank batch"); on rank
+        # FAULT_STOP_EVAL_RANK, batch FAULT_STOP_EVAL_BATCH waits (FAULT_MARKER: the pid) for a stop signal
+        import rethink.engine.trainer as tr
+        from rethink.engine import comm
+        from rethink.utils.signals import current_stop_request
+        build, evals = tr.build_test_loader, []
+
+        class Loader:
+            def __init__(self, loader):
+                self.loader = loader
+
+            def __len__(self):
+                return len(self.loader)
+
+            def __iter__(self):
+                evals.append(1)
+                rank, log = comm.get_rank(), os.environ["FAULT_STOP_EVAL_LOG"]
+                for n, batch in enumerate(self.loader, 1):
+                    if len(evals) == 1 and rank == int(os.environ["FAULT_STOP_EVAL_RANK"]) \\
+                            and n == int(os.environ["FAULT_STOP_EVAL_BATCH"]):
+                        open(os.environ["FAULT_MARKER"], "w").write(str(os.getpid()))
+                        deadline = time.time() + 120
+                        while not current_stop_request().received and time.time() < deadline:
+                            time.sleep(0.01)
+                        with open(log, "a") as f:
+                            f.write("%d signalled\\n" % rank)
+                    if len(evals) == 1:
+                        with open(log, "a") as f:
+                            f.write("%d %d\\n" % (rank, n))
+                    yield batch
+        tr.build_test_loader = lambda *args, **kwargs: Loader(build(*args, **kwargs))
 ''')
 
 
@@ -214,6 +246,109 @@ def test_kill9_during_a_checkpoint_write_leaves_the_previous_one_and_resume_is_e
     assert "left by a write that did not finish" in caplog.text and run_dir.temp_files() == []
     assert f"Resumed from {run_dir.checkpoint(2)} (iteration 2)" in caplog.text
     assert max_diff(final_weights(out), final_weights(reference[1])) <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a stop signal during an evaluation: stopped within one batch, that iteration saved, the evaluation redone on resume
+# ---------------------------------------------------------------------------------------------------------------
+# evaluations at 2 and 3 (the end), checkpoints at 3 only: the one at 2 only a stop writes. Small test images and 2
+# detections per image: each evaluation is 24 images' forward
+WITH_EVAL = ["SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "2",
+             "DATASETS.TEST", "('synthetic_coco_val',)", "TEST.DETECTIONS_PER_IMAGE", "2", "INPUT.MIN_SIZE_TEST", "64",
+             "INPUT.MAX_SIZE_TEST", "128"]
+STOP_BATCH = 3
+
+
+def evaluations(out):
+    """{iteration: its "*/AP" values} (read_metrics: merged per iteration) and the number of
+    metrics.jsonl lines holding AP at each iteration."""
+    lines = [json.loads(line) for line in open(RunDir(out).metrics_file) if line.strip()]
+    counts = {}
+    for m in lines:
+        if any(k.endswith("/AP") for k in m):
+            counts[m["iteration"]] = counts.get(m["iteration"], 0) + 1
+    aps = {m["iteration"]: {k: v for k, v in m.items() if "/AP" in k} for m in read_metrics(RunDir(out).metrics_file)}
+    return {k: v for k, v in aps.items() if v}, counts
+
+
+def stop_during_the_first_evaluation(tmp_path, inject, sig, ranks):
+    """Train with WITH_EVAL; the last rank gets `sig` while it evaluates batch STOP_BATCH of the
+    evaluation at iteration 2 (the other rank, if any, learns of it only through the agreement).
+    Asserts what the stop leaves; returns the run's directory."""
+    out, log, marker = str(tmp_path / "run"), tmp_path / "batches", tmp_path / "waiting"
+    proc = subprocess.Popen(train_cmd(out, *WITH_EVAL, ranks=ranks), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env_with(inject, FAULT_STOP_EVAL_LOG=log, FAULT_STOP_EVAL_RANK=ranks - 1,
+                                         FAULT_STOP_EVAL_BATCH=STOP_BATCH, FAULT_MARKER=marker))
+    wait_for(lambda: marker.exists() and marker.read_text(), proc, what="the evaluation at iteration 2")
+    os.kill(int(marker.read_text()), sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    # the signalled rank evaluated the batch in progress and no other; every rank left after that same batch
+    entries = log.read_text().splitlines()
+    signalled = entries.index(f"{ranks - 1} signalled")
+    assert [e for e in entries[signalled + 1:] if e.startswith(f"{ranks - 1} ")] == [f"{ranks - 1} {STOP_BATCH}"]
+    last = {rank: max(int(e.split()[1]) for e in entries if e.startswith(f"{rank} ") and "signalled" not in e)
+            for rank in range(ranks)}
+    assert last == {rank: STOP_BATCH for rank in range(ranks)}, entries
+    assert "The evaluation at iteration 2 was stopped" in err and "continue with --resume" in err
+    run_dir = RunDir(out)
+    assert open(run_dir.last_checkpoint_file).read() == "model_0000002.pth"
+    assert torch.load(run_dir.checkpoint(2), weights_only=True)["iteration"] == 2
+    assert evaluations(out) == ({}, {})  # nothing of the abandoned evaluation was logged
+    return out
+
+
+@pytest.mark.slow
+def test_stop_signal_during_an_evaluation_stops_every_rank_at_the_same_batch(tmp_path, inject):
+    stop_during_the_first_evaluation(tmp_path, inject, signal.SIGUSR2, ranks=2)
+
+
+@pytest.mark.slow
+def test_stop_signal_during_an_evaluation_saves_that_iteration_and_resume_redoes_it(tmp_path, inject):
+    out = stop_during_the_first_evaluation(tmp_path, inject, signal.SIGTERM, ranks=1)
+    r = run(train_cmd(out, *WITH_EVAL, resume=True))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Resumed from {RunDir(out).checkpoint(2)} (iteration 2)" in r.stderr
+    reference = str(tmp_path / "uninterrupted")
+    r = run(train_cmd(reference, *WITH_EVAL))
+    assert r.returncode == 0, r.stderr[-3000:]
+    aps, counts = evaluations(out)
+    assert counts == {2: 1, 3: 1}  # the evaluation at 2 redone, once
+    assert aps == evaluations(reference)[0] and set(aps[3]) >= {"bbox/AP", "segm/AP"}
+    # the determinism contract: the same weights after the resumed steps (so the same losses on the way)
+    assert max_diff(final_weights(out), final_weights(reference)) <= 1e-6
+
+
+def test_stop_signal_ends_eval_only_at_the_batch_in_progress_without_results(tmp_path, monkeypatch):
+    from rethink.engine import trainer as tr
+    from rethink.utils.signals import EvaluationStopped
+
+    build, handed = tr.build_test_loader, []
+
+    class SignalAtSecondBatch:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for n, batch in enumerate(self.loader, 1):
+                handed.append(n)
+                if n == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)  # recorded by main_worker's StopRequest, not fatal
+                yield batch
+
+    monkeypatch.setattr(tr, "build_test_loader", lambda *args, **kwargs: SignalAtSecondBatch(build(*args, **kwargs)))
+    out = str(tmp_path / "eval")
+    cfg = load_run_config(TINY, RUN + WITH_EVAL + ["OUTPUT_DIR", out])  # the initial weights: what matters is when
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(EvaluationStopped, match="stopped by SIGTERM after 2 of 24 batches") as stopped:
+        main_worker(cfg, eval_only=True)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM and handed == [1, 2]
+    assert not os.path.exists(RunDir(out).eval_results_file)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is gone with the evaluation
 
 
 # ---------------------------------------------------------------------------------------------------------------

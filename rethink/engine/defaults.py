@@ -20,6 +20,7 @@ from ..utils.atomic import atomic_write_text
 from ..utils.logger import setup_logging
 from ..utils.rundir import RunDir
 from ..utils.runlock import RunDirBusy
+from ..utils.signals import StopRequest
 from . import comm
 from .checkpoint import Checkpointer
 from .ownership import RunDirMismatch, claim_run_dir
@@ -142,14 +143,17 @@ def save_eval_results(cfg, results) -> None:
 def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     """What every rank of a run started from the package runs (cluster/jobs.py, the tests): the
     recipe of tools/train.py's main(), step for step. Returns rank 0's results (training: the scalars
-    logged at the last iteration)."""
+    logged at the last iteration). A stop signal raises TrainingStopped (evaluation: EvaluationStopped)."""
     cfg = default_setup(cfg, eval_only)
     if eval_only:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
         Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume,
                                                           cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
-        results = evaluate(cfg, model, device)
+        # a stop signal ends the evaluation after the batch in progress: EvaluationStopped (exit code 128 +
+        # the signal, as a stopped training), no eval results file
+        with StopRequest("stopping the evaluation after the batch in progress; no results are written"):
+            results = evaluate(cfg, model, device)
         save_eval_results(cfg, results)
         return results
     trainer = Trainer(cfg)

@@ -92,8 +92,9 @@ class PeriodicCheckpointer(HookBase):
 
 class EvalHook(HookBase):
     """Runs `eval_fn()` every `period` completed iterations and at the end, puts its flat
-    {"bbox/AP": ...} results into the storage at that iteration. A run resumed at its last iteration
-    (preempted during the final evaluation) evaluates in after_train."""
+    {"bbox/AP": ...} results into the storage at that iteration. An evaluation stopped by a signal
+    (EvaluationStopped, out of eval_fn) puts nothing: the training saves that iteration and stops, and
+    the resumed run evaluates it first (before_train)."""
 
     def __init__(self, period: int, eval_fn):
         self.period, self.eval_fn = period, eval_fn
@@ -125,7 +126,8 @@ class EvalHook(HookBase):
             self._do_eval()
 
     def after_train(self):
-        if self._last != self.trainer.completed and self.trainer.completed >= self.trainer.max_iter:
+        t = self.trainer
+        if self._last != t.completed and t.completed >= t.max_iter and not t.stop_agreed:
             self._do_eval()
 
 

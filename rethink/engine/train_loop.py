@@ -9,15 +9,18 @@ subclass (the detection trainer, the classification pre-trainer).
 iterations done after it (what checkpoints, metrics and schedules count). `check_finite` is the
 step's one agreement among the ranks, after backward and before the update: are the losses finite
 everywhere, and has any rank received a stop signal (utils.signals)? A stop agreed there ends the
-loop after that step: `save_for_stop()` (the subclass's checkpoint), then TrainingStopped.
+loop after that step: `save_for_stop()` (the subclass's checkpoint), then TrainingStopped. An
+evaluation run by a hook stops on the same signals after its batch in progress (`agree_on_stop`,
+EvaluationStopped): the loop saves the iteration whose evaluation was abandoned and stops the same
+way; the resumed run redoes that evaluation (hooks.EvalHook.before_train).
 """
 import logging
 from contextlib import nullcontext
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
-from ..utils.signals import STOP_SIGNALS, StopRequest, TrainingStopped
+from ..utils.signals import STOP_SIGNALS, EvaluationStopped, StopRequest, TrainingStopped
 from . import comm
 from .events import EventStorage
 
@@ -39,6 +42,17 @@ def check_finite(losses: Dict[str, torch.Tensor], iteration: int, note: str = ""
         return next((s for s, f in zip(STOP_SIGNALS, flags[1:]) if f), 0)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in comm.reduce_mean(losses).items())
     raise FloatingPointError(f"Loss became non-finite at iteration {iteration}: {terms}. {note}".rstrip())
+
+
+def agree_on_stop(stop: int, device, *values: int) -> Tuple[int, List[int]]:
+    """Outside the step (an evaluation's batches): one all-max over the ranks of this rank's stop
+    flags and a few integers `values`; returns the stop signal to act on over all ranks (STOP_SIGNALS'
+    precedence, 0 for none) and the maxima of `values`. A collective: every rank calls it equally
+    often. On one process, no collective. `device`: where the backend reduces (cuda for NCCL)."""
+    flags = [int(stop == s) for s in STOP_SIGNALS] + [int(v) for v in values]
+    if comm.get_world_size() > 1:
+        flags = comm.all_max(torch.tensor(flags, dtype=torch.int64, device=device)).tolist()
+    return next((s for s, f in zip(STOP_SIGNALS, flags) if f), 0), flags[len(STOP_SIGNALS):]
 
 
 class TrainerBase:
@@ -66,8 +80,12 @@ class TrainerBase:
         self.iter = start_iter - 1  # `completed` == start_iter before the first step
         self.stop_agreed = 0
         stoppable = type(self).save_for_stop is not TrainerBase.save_for_stop  # else signals act as usual
+        evaluation_stopped = False
         with self.stop_request if stoppable else nullcontext():
-            self.before_train()
+            try:
+                self.before_train()
+            except EvaluationStopped as e:  # the redone evaluation of a resumed run: nothing trained, nothing to save
+                raise TrainingStopped(e.signum, self.completed, None, tuple(self.stop_request.received)) from e
             try:
                 for self.iter in range(start_iter, max_iter):
                     self.storage.iter = self.iter + 1
@@ -76,9 +94,13 @@ class TrainerBase:
                     self.after_step()
                     if self.stop_agreed and self.completed < max_iter:
                         break
+            except EvaluationStopped as e:  # abandoned on every rank at the same batch; nothing of it was logged
+                self.stop_agreed, evaluation_stopped = e.signum, True
+                logger.warning("The evaluation at iteration %d was stopped (%s); --resume redoes it",
+                               self.completed, e)
             finally:
                 self.after_train()
-            stopped = bool(self.stop_agreed) and self.completed < max_iter
+            stopped = evaluation_stopped or (bool(self.stop_agreed) and self.completed < max_iter)
             if stopped:  # saved while later stop signals are still only recorded
                 path = self.save_for_stop()
                 comm.synchronize()  # no rank exits (and gets the job step killed) while rank 0 still writes

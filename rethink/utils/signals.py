@@ -4,6 +4,12 @@ ranks agree on it at the next step boundary (in the step's one reduction, train_
 every rank stops after the same iteration, rank 0 saves a checkpoint there and the training raises
 :class:`TrainingStopped`. Whoever started the training then exits (tools/train.py) or requeues
 (rethink.cluster.jobs: submitit's own handler, restored by then, does the requeue on SIGUSR2).
+
+An evaluation (engine.trainer.inference_on_dataset) reads the StopRequest installed around it
+(:func:`current_stop_request`: the training's, or the one main_worker installs for --eval-only) after
+every batch; the ranks agree there too, and every rank raises :class:`EvaluationStopped` after the
+same batch: no metrics are written, the training saves its iteration and exits as above, and the
+resumed run redoes that evaluation first.
 """
 import copy
 import logging
@@ -42,12 +48,34 @@ class TrainingStopped(Exception):
         return 128 + self.signum
 
 
+class EvaluationStopped(TrainingStopped):
+    """An evaluation ended by a stop signal after `batches` of its `total` batches, on every rank at
+    the same batch; nothing was evaluated or written. Out of a training, TrainerBase turns it into
+    TrainingStopped after saving the iteration; out of --eval-only it ends the run as it is."""
+
+    def __init__(self, signum: int, batches: int = 0, total: int = 0, received: Tuple[int, ...] = ()):
+        super().__init__(signum, received=received)
+        self.batches, self.total = batches, total
+        self.args = (f"evaluation stopped by {signal.Signals(self.signum).name} after {batches} of {total} "
+                     "batches; no results written",)
+
+
+_INSTALLED: List["StopRequest"] = []  # the StopRequests installed now, innermost last
+
+
+def current_stop_request() -> Optional["StopRequest"]:
+    """The innermost StopRequest installed now (None: stop signals act as usual)."""
+    return _INSTALLED[-1] if _INSTALLED else None
+
+
 class StopRequest:
     """Records stop signals while installed (`with StopRequest() as stop: ... stop.signum`). Only the
-    main thread can install signal handlers; elsewhere it records nothing."""
+    main thread can install signal handlers; elsewhere it records nothing. `action`: what the
+    warning on a signal says will happen."""
 
-    def __init__(self):
+    def __init__(self, action: str = "stopping after the step or evaluation batch in progress, with a checkpoint"):
         self.received: List[int] = []
+        self.action = action
         self._previous: Dict[int, object] = {}
 
     @property
@@ -58,16 +86,18 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if signum not in self.received:
             self.received.append(signum)
-            logger.warning("Received %s: stopping after the step in progress, with a checkpoint",
-                           signal.Signals(signum).name)
+            logger.warning("Received %s: %s", signal.Signals(signum).name, self.action)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
+            _INSTALLED.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._previous:
+            _INSTALLED.remove(self)
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
