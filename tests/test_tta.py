@@ -135,6 +135,18 @@ def test_one_identity_augmentation_reproduces_the_plain_model(tiny):
         assert torch.equal(tta[k], plain[k]), k
 
 
+def test_no_detection_in_any_input_gives_empty_outputs(tiny):
+    cfg, model, image = tiny
+    old = model.roi_heads.score_thresh
+    model.roi_heads.score_thresh = 1.0  # softmax scores never exceed it
+    try:
+        out = GeneralizedRCNNWithTTA(cfg, model).eval()([image], output_sizes=[(150, 195)])[0]
+    finally:
+        model.roi_heads.score_thresh = old
+    assert out["boxes"].shape == (0, 4) and out["scores"].shape == (0,) and out["labels"].shape == (0,)
+    assert out["masks"].shape == (0, 150, 195) and out["masks"].dtype == torch.bool
+
+
 def test_tta_refuses_training_mode_and_keypoints(tiny):
     cfg, model, image = tiny
     wrapper = GeneralizedRCNNWithTTA(cfg, model.train())

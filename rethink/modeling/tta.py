@@ -218,6 +218,8 @@ class GeneralizedRCNNWithTTA(nn.Module):
         """The union of the inputs' detections (original image) merged by per-class NMS: each box's
         score in a [R, K + 1] matrix (background column 0 stays 0), then detectron2's
         fast_rcnn_inference_single_image at score threshold 1e-8."""
+        if len(boxes) == 0:  # no input detected anything (fast_rcnn_inference_single_image needs a row)
+            return {"boxes": boxes.reshape(0, 4), "scores": scores, "labels": labels}
         scores_2d = torch.zeros((len(boxes), self.num_classes + 1), dtype=scores.dtype, device=scores.device)
         scores_2d[torch.arange(len(boxes), device=scores.device), labels] = scores
         return fast_rcnn_inference_single_image(boxes, scores_2d, orig_hw, MERGE_SCORE_THRESH, self.nms_thresh,
