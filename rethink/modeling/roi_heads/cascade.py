@@ -109,13 +109,13 @@ class CascadeROIHeads(StandardROIHeads):
         losses = {}
         boxes = proposals
         for k in range(self.num_stages):
-            if k > 0:
-                boxes = self.stage_boxes(k - 1, deltas, boxes, image_shapes)
-                labels, regression_targets = self.label_stage(k, boxes, targets)
             logits, deltas = self.run_stage(k, features, boxes, image_shapes)
             stage = fast_rcnn_losses(logits, deltas, labels, regression_targets, self.smooth_l1_beta,
                                      self.box_reg_loss_weight)
             losses.update({f"{name}_stage{k}": v for name, v in stage.items()})
+            if k + 1 < self.num_stages:
+                boxes = self.stage_boxes(k, deltas, boxes, image_shapes)
+                labels, regression_targets = self.label_stage(k + 1, boxes, targets)
         return losses
 
     def predict_boxes(self, features: Dict[str, torch.Tensor], proposals: List[torch.Tensor],
@@ -125,11 +125,11 @@ class CascadeROIHeads(StandardROIHeads):
         as `stage_outputs`, each stage appends (input boxes, logits, deltas, predicted boxes)."""
         boxes, scores = proposals, []
         for k in range(self.num_stages):
-            if k > 0:
-                boxes = self.stage_boxes(k - 1, deltas, boxes, image_shapes)
             logits, deltas = self.run_stage(k, features, boxes, image_shapes)
             scores.append(F.softmax(logits, -1))
             if stage_outputs is not None:
                 stage_outputs.append((boxes, logits, deltas, self.stage_box_coders[k].decode(deltas, boxes)))
+            if k + 1 < self.num_stages:
+                boxes = self.stage_boxes(k, deltas, boxes, image_shapes)
         mean_scores = sum(scores) * (1.0 / self.num_stages)
         return self.detections(self.stage_box_coders[-1].decode(deltas, boxes), mean_scores, boxes, image_shapes)

@@ -5,7 +5,8 @@ ground truth appended to the proposals and the balanced sampler; this class repl
 does differently:
 
 - **box loss**: cross-entropy over the sampled proposals (mean) and, for the foreground ones, the
-  class-specific (or, with ``CLS_AGNOSTIC_BBOX_REG``, the one class-agnostic) deltas against the targets with smooth-L1 of ``ROI_BOX_HEAD.SMOOTH_L1_BETA``
+  class-specific (with ``CLS_AGNOSTIC_BBOX_REG`` the one class-agnostic) deltas against the targets
+  with smooth-L1 of ``ROI_BOX_HEAD.SMOOTH_L1_BETA``
   (0 = L1, detectron2's default; torchvision hard-codes beta 1/9), summed and divided by the number
   of sampled proposals, times ``ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT``;
 - **mask targets**: each instance's polygons rasterised inside its positive proposal box at the mask
@@ -169,7 +170,7 @@ def fast_rcnn_inference_single_image(boxes: torch.Tensor, scores: torch.Tensor, 
     """One image's detections (detectron2's fast_rcnn_inference_single_image): `boxes` [R, C, 4] with
     C = K + 1 (per class, background first) or 1 (class-agnostic), or [R, 4]; `scores` [R, K + 1]
     background first. Returns {"boxes", "scores", "labels" 1..K}."""
-    boxes = boxes.reshape(boxes.shape[0], -1, 4)
+    boxes = boxes.reshape(boxes.shape[0], -1, 4) if boxes.numel() else boxes.reshape(0, max(boxes.shape[-1] // 4, 1), 4)
     if boxes.shape[1] > 1:
         boxes = boxes[:, 1:]  # drop the background column
     scores = scores[:, 1:]
