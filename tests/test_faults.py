@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,10 +25,13 @@ from rethink.cluster.jobs import restart_config
 from rethink.cluster.retry import is_transient, retries_so_far, retry_decision
 from rethink.engine import load_run_config, main_worker
 from rethink.engine.defaults import default_setup
+from rethink.engine.hooks import EvalHook, MetricsWriter
 from rethink.engine.ownership import RunDirMismatch
+from rethink.engine.train_loop import TrainerBase
 from rethink.utils import atomic
 from rethink.utils.rundir import RunDir, read_metrics
 from rethink.utils.runlock import RunDirBusy
+from rethink.utils.signals import EvaluationStopped, TrainingStopped
 
 from .conftest import CONFIGS, ROOT
 
@@ -320,9 +324,45 @@ def test_stop_signal_during_an_evaluation_saves_that_iteration_and_resume_redoes
     assert max_diff(final_weights(out), final_weights(reference)) <= 1e-6
 
 
+class StepsOnly(TrainerBase):
+    """A training loop without a model: each step logs a loss; evaluate() gives an AP or, at
+    `stop_at`, is stopped (EvaluationStopped, as inference_on_dataset raises it); stops save nothing."""
+
+    def __init__(self, out, stop_at=None):
+        super().__init__()
+        self.cfg, self.stop_at, self.evaluated, self.saved = SimpleNamespace(OUTPUT_DIR=out), stop_at, [], []
+        self.register_hooks([EvalHook(2, self.evaluate), MetricsWriter(out, period=20, tensorboard=False)])
+
+    def run_step(self):
+        self.storage.put_scalar("total_loss", 1.0 / self.completed)
+
+    def evaluate(self):
+        self.evaluated.append(self.completed)
+        if self.completed == self.stop_at:
+            raise EvaluationStopped(signal.SIGTERM, 1, 5)
+        return {"bbox/AP": 10.0 * self.completed}
+
+    def save_for_stop(self):
+        self.saved.append(self.completed)
+        return f"model at {self.completed}"
+
+
+def test_the_final_evaluation_stopped_is_redone_once_by_the_resumed_run(tmp_path):
+    out = str(tmp_path)
+    stopped = StepsOnly(out, stop_at=4)
+    with pytest.raises(TrainingStopped) as e:
+        stopped.train(0, 4)
+    assert (e.value.signum, e.value.iteration, e.value.checkpoint) == (signal.SIGTERM, 4, "model at 4")
+    assert stopped.evaluated == [2, 4] and stopped.saved == [4]  # not evaluated again after training
+    assert evaluations(out) == ({2: {"bbox/AP": 20.0}}, {2: 1})
+    resumed = StepsOnly(out)  # resumed from the checkpoint at 4 (the final one): no step left
+    resumed.train(4, 4)
+    assert resumed.evaluated == [4] and resumed.saved == []
+    assert evaluations(out) == ({2: {"bbox/AP": 20.0}, 4: {"bbox/AP": 40.0}}, {2: 1, 4: 1})
+
+
 def test_stop_signal_ends_eval_only_at_the_batch_in_progress_without_results(tmp_path, monkeypatch):
     from rethink.engine import trainer as tr
-    from rethink.utils.signals import EvaluationStopped
 
     build, handed = tr.build_test_loader, []
 

@@ -102,16 +102,13 @@ class EvalHook(HookBase):
 
     def before_train(self):
         """A run resumed (or forked) at an evaluation iteration whose AP never reached metrics.jsonl
-        (preempted during that evaluation) evaluates it first."""
+        (preempted during that evaluation) evaluates it first; MetricsWriter.before_train logs it."""
         t = self.trainer
         done = t.start_iter
         if done == 0 or not (done >= t.max_iter or (self.period > 0 and done % self.period == 0)):
             return
-        run = RunDir(t.cfg.OUTPUT_DIR)
-        if not comm.broadcast(comm.is_main_process() and run.ap_logged_at(done)):
+        if not comm.broadcast(comm.is_main_process() and RunDir(t.cfg.OUTPUT_DIR).ap_logged_at(done)):
             self._do_eval()
-            if comm.is_main_process():
-                JSONWriter(run.metrics_file).write(done, t.storage.scalars_at(done))
 
     def _do_eval(self):
         results = self.eval_fn()
@@ -166,6 +163,12 @@ class MetricsWriter(HookBase):
         self.json = JSONWriter(run.metrics_file)
         self.tb = TensorboardWriter(run.tensorboard_dir) if tensorboard else None
         self._written = None
+
+    def before_train(self):
+        """What hooks put before the first step (an evaluation redone at the start iteration: EvalHook),
+        one line; once, also when no step follows (after_train sees it written)."""
+        if self.trainer.storage.scalars_at(self.trainer.completed):
+            self.write()
 
     def after_step(self):
         done = self.trainer.completed
