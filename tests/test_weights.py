@@ -475,3 +475,16 @@ def test_min_backbone_match_key():
     assert load_config(CONFIGS / "scratch_gn_r50.yaml").MODEL.WEIGHTS_MIN_BACKBONE_MATCH == 1.0
     with pytest.raises(ConfigError, match=r"command line: MODEL\.WEIGHTS_MIN_BACKBONE_MATCH = 1\.5: must be a "):
         load_config(CONFIGS / "scratch_gn_r50.yaml", ["MODEL.WEIGHTS_MIN_BACKBONE_MATCH", "1.5"])
+
+
+def test_deformable_model_loads_a_plain_backbone(tmp_path):
+    """The offset convs of DEFORM_ON_PER_STAGE are in no ImageNet file: a plain R50 body fills every
+    other backbone tensor and loads at MIN_BACKBONE_MATCH 1.0; the offsets stay zero (detectron2's init)."""
+    path = tmp_path / "r50.pth"
+    torch.save({"model": tiny_model("scratch_gn_r50.yaml").state_dict()}, path)
+    target = tiny_model("scratch_gn_r50.yaml", "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, True, True, True]")
+    offsets = [k for k in target.state_dict() if ".conv2_offset." in k]
+    assert len(offsets) == 2 * (4 + 6 + 3)  # weight and bias of every block of res3..res5
+    report = load_weights(target, str(path))
+    assert not report.mismatched and sorted(report.missing) == sorted(offsets)
+    assert all(float(target.state_dict()[k].abs().max()) == 0 for k in offsets)
