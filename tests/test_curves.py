@@ -308,3 +308,21 @@ def test_lenient_config_defaults_base_and_unreadable(tmp_path, caplog):
     assert any(f"{root / 'b' / 'config.yaml'}: _BASE_ " in m and "not found" in m for m in msgs)
     with pytest.raises(FileNotFoundError, match="no readable runs"):
         find_runs([str(root / "c")])
+
+
+def test_table_compares_enhanced_runs_and_their_tta_with_the_paper(tmp_path):
+    """A cascade run with train aug (configs/enhanced) is compared with Figure 5 / Table 3, and its
+    final TTA AP with the paper's "+ test aug" number; a plain run of the same axes keeps Table 1/2."""
+    root = tmp_path / "sweep"
+    make_run(root, "cascade", "enhanced/scratch_gn_r101_cascade.yaml", 1, {900: (47.0, 40.0)},
+             overrides=["SOLVER.SCHEDULE", "9x"],
+             extra_lines=[{"iteration": 900, "bbox_TTA/AP": 49.0, "segm_TTA/AP": 42.0}])
+    make_run(root, "standard", "enhanced/scratch_gn_r101.yaml", 1, {900: (45.5, 39.0)},
+             overrides=["SOLVER.SCHEDULE", "9x"])
+    rows = {r["run"].rsplit("/", 1)[-1]: r for r in build_table(find_runs([str(root)]))}
+    c = rows["cascade"]
+    assert (c["paper_box_AP"], c["paper_mask_AP"], c["delta_box"]) == (47.4, 40.5, -0.4)  # cascade + train aug
+    assert c["paper_mask_AP_TTA"] == 42.5 and c["delta_mask_TTA"] == -0.5 and "Figure 5" in c["paper_source_TTA"]
+    s = rows["standard"]
+    assert (s["paper_box_AP"], s["paper_mask_AP"], s["delta_mask"]) == (45.0, 39.5, -0.5)  # train aug only
+    assert "paper_mask_AP_TTA" not in s  # no TTA metrics, no TTA comparison

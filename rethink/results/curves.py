@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .paper import lookup
+from .paper import config_settings, lookup
 from .runs import AXES, Run
 
 logger = logging.getLogger(__name__)
@@ -48,12 +48,14 @@ def aggregate(runs: List[Run], key: str):
             np.array([max(v) for v in vals]), np.array([len(v) for v in vals]))
 
 
-def reference_for(run: Run):
+def reference_for(run: Run, test_aug: bool = False):
+    """The paper's number for `run` (its settings, and from its config the cascade heads, train-time
+    augmentation, the less-data recipe and ResNeXt), or None; `test_aug`: the one for its *_TTA metrics."""
     ax = run.axes
     if ax["train"] != "coco_2017_train" and run.train_images is None:
         return None
     return lookup(ax["depth"], ax["norm"], ax["init"], run.schedule_x if run.train_images is None else None,
-                  run.train_images)
+                  run.train_images, test_aug=test_aug, **config_settings(run.raw))
 
 
 def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[str, str]:

@@ -1,7 +1,8 @@
 """The results table: one row per run with its axes, final and best box/mask AP, AP50/AP75, the
 final test-time-augmentation box/mask AP (TEST.AUG: "bbox_TTA/AP", columns shown when a run has them),
 iterations done (completed iterations, detectron2 runs converted, see rethink.runs), GPU-hours (empty for
-detectron2 runs), and the paper's number with the delta where one applies."""
+detectron2 runs), and the paper's number with the delta where one applies (for the TTA AP too: the paper's
+"+ test aug" numbers)."""
 import csv
 import os
 from typing import Dict, List, Sequence
@@ -11,7 +12,9 @@ from .runs import AXES, Run
 
 COLUMNS = list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
                         "mask_AP_best", "mask_AP50", "mask_AP75", "box_AP_TTA", "mask_AP_TTA", "gpu_hours",
-                        "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask", "paper_source", "run"]
+                        "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask", "paper_source",
+                        "paper_box_AP_TTA", "delta_box_TTA", "paper_mask_AP_TTA", "delta_mask_TTA", "paper_source_TTA",
+                        "run"]
 
 
 def _fmt(v):
@@ -35,13 +38,14 @@ def run_row(run: Run) -> Dict[str, object]:
         tta = run.evals(f"{task}_TTA/AP")
         if tta:
             row[f"{short}_AP_TTA"] = tta[-1][f"{task}_TTA/AP"]
-    ref = reference_for(run)
-    if ref is not None:
-        row["paper_source"] = ref.source
+    for suffix, ref in (("", reference_for(run)), ("_TTA", reference_for(run, test_aug=True))):
+        if ref is None or (suffix and f"box_AP{suffix}" not in row and f"mask_AP{suffix}" not in row):
+            continue
+        row[f"paper_source{suffix}"] = ref.source
         for short, value in (("box", ref.box_ap), ("mask", ref.mask_ap)):
-            row[f"paper_{short}_AP"] = value
-            if value is not None and row.get(f"{short}_AP") is not None:
-                row[f"delta_{short}"] = round(row[f"{short}_AP"] - value, 2)
+            row[f"paper_{short}_AP{suffix}"] = value
+            if value is not None and row.get(f"{short}_AP{suffix}") is not None:
+                row[f"delta_{short}{suffix}"] = round(row[f"{short}_AP{suffix}"] - value, 2)
     return row
 
 
