@@ -39,7 +39,7 @@ from rethink.engine import (
 )
 from rethink.modeling import build_model
 from rethink.utils.logger import setup_logging
-from rethink.utils.signals import TrainingStopped
+from rethink.utils.signals import StopRequest, TrainingStopped
 
 
 def setup(args):
@@ -60,7 +60,10 @@ def main(cfg, args):
         model = build_model(cfg).to(device)
         Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, args.resume,
                                                           cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
-        results = evaluate(cfg, model, device)  # COCO box/mask AP on every DATASETS.TEST
+        # COCO box/mask AP on every DATASETS.TEST (and with TEST.AUG.ENABLED the TTA model's, suffixed _TTA);
+        # a stop signal ends it after the batch in progress: no results written, exit 128 + the signal
+        with StopRequest("stopping the evaluation after the batch in progress; no results are written"):
+            results = evaluate(cfg, model, device)
         save_eval_results(cfg, results)
         return results
     trainer = Trainer(cfg)  # model (DDP over the ranks), optimizer, AMP scaler, checkpointer
