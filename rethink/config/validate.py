@@ -53,6 +53,7 @@ IMPLEMENTED = (
     "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO",
     "MODEL.ROI_MASK_HEAD.NUM_CONV", "MODEL.ROI_MASK_HEAD.CONV_DIM", "MODEL.ROI_MASK_HEAD.NORM",
     "MODEL.ROI_MASK_HEAD.POOLER_TYPE",
+    "MODEL.KEYPOINT_ON", "MODEL.ROI_KEYPOINT_HEAD",  # Keypoint R-CNN (rethink.modeling.roi_heads.keypoint)
     # data
     "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
     "INPUT.MAX_SIZE_TEST", "INPUT.RANDOM_FLIP", "INPUT.FORMAT", "INPUT.MASK_FORMAT",
@@ -68,7 +69,7 @@ IMPLEMENTED = (
     "SOLVER.CHECKPOINT_KEEP",
     # evaluation
     "TEST.AUG",  # test-time augmentation (rethink.modeling.tta), at --eval-only and the final evaluation
-    "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN", "TEST.EVALUATOR",
+    "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN", "TEST.EVALUATOR", "TEST.KEYPOINT_OKS_SIGMAS",
     # run set-up (CUDNN_BENCHMARK, FLOAT32_PRECISION: rethink.engine.defaults.setup_torch_backends)
     "OUTPUT_DIR", "SEED", "CUDNN_BENCHMARK", "FLOAT32_PRECISION",
     "GLOBAL.HACK",  # read by nothing, in detectron2 as here
@@ -79,7 +80,6 @@ IMPLEMENTED = (
 NOT_IMPLEMENTED = {
     "VERSION": "configs of other versions are not upgraded",
     "MODEL.LOAD_PROPOSALS": "precomputed proposals are not implemented",
-    "MODEL.KEYPOINT_ON": "keypoint detection is not implemented",
     "MODEL.META_ARCHITECTURE": "the only architecture is GeneralizedRCNN",
     "MODEL.PROPOSAL_GENERATOR.NAME": "the only proposal generator is the RPN",
     "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": "proposals are not filtered by size",
@@ -101,7 +101,6 @@ NOT_IMPLEMENTED = {
     "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES": "the federated loss is not implemented",
     "MODEL.ROI_MASK_HEAD.NAME": "the only mask head is MaskRCNNConvUpsampleHead",
     "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "masks are predicted per class only",
-    "MODEL.ROI_KEYPOINT_HEAD": "keypoint detection is not implemented",
     "MODEL.SEM_SEG_HEAD": "semantic segmentation is not implemented",
     "MODEL.PANOPTIC_FPN": "Panoptic FPN is not implemented",
     "MODEL.RETINANET": "RetinaNet is not implemented",
@@ -120,7 +119,6 @@ NOT_IMPLEMENTED = {
     "SOLVER.RESCALE_INTERVAL": "WarmupStepWithFixedGammaLR is not implemented",
     "SOLVER.REFERENCE_WORLD_SIZE": "this project scales by SOLVER.REFERENCE_IMS_PER_BATCH instead",
     "TEST.EXPECTED_RESULTS": "checking results against expected values is not implemented",
-    "TEST.KEYPOINT_OKS_SIGMAS": "keypoint evaluation is not implemented",
     "VIS_PERIOD": "training-batch visualisation is not implemented",
 }
 
@@ -206,6 +204,8 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
                                                     f"[0] = {cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]} (stage 0 samples "
                                                     f"the proposals with it, as in detectron2)")
     one_of("MODEL.ROI_BOX_HEAD.NAME", ["FastRCNNConvFCHead"])
+    if cfg.MODEL.KEYPOINT_ON:
+        _validate_keypoints(cfg, fail, one_of)
     for key in ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_MASK_HEAD.POOLER_TYPE"):
         one_of(key, ["ROIAlignV2", "ROIAlign"])
     for key in ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM"):
@@ -288,6 +288,32 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
             fail("SOLVER.MAX_ITER", f"SOLVER.STEPS = {tuple(s.STEPS)} {describe_source('SOLVER.STEPS', cfg, origins)} "
                                     f"{why}; set SOLVER.STEPS too")
         fail("SOLVER.STEPS", why)
+
+
+def _validate_keypoints(cfg: CfgNode, fail, one_of) -> None:
+    """MODEL.ROI_KEYPOINT_HEAD and TEST.KEYPOINT_OKS_SIGMAS with MODEL.KEYPOINT_ON (detectron2's checks, made at
+    load time: the sigmas' count is asserted at evaluation there, TTA with keypoints refused at test time)."""
+    k = cfg.MODEL.ROI_KEYPOINT_HEAD
+    one_of("MODEL.ROI_KEYPOINT_HEAD.NAME", ["KRCNNConvDeconvUpsampleHead"])
+    one_of("MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE", ["ROIAlignV2", "ROIAlign"])
+    if not isinstance(k.NUM_KEYPOINTS, int) or k.NUM_KEYPOINTS < 1:
+        fail("MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "must be a positive integer")
+    if k.POOLER_RESOLUTION < 1:
+        fail("MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION", "must be at least 1")
+    if any(not isinstance(d, int) or d < 1 for d in k.CONV_DIMS):
+        fail("MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "the width of each conv, positive integers")
+    if k.MIN_KEYPOINTS_PER_IMAGE < 0:
+        fail("MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE", "must be >= 0 (0: keep every image)")
+    sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    if sigmas and (len(sigmas) != k.NUM_KEYPOINTS or not all(s > 0 for s in sigmas)):
+        fail("TEST.KEYPOINT_OKS_SIGMAS", f"one positive sigma per keypoint (MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = "
+                                         f"{k.NUM_KEYPOINTS}), or empty for COCO's 17")
+    if not sigmas and k.NUM_KEYPOINTS != 17:
+        fail("TEST.KEYPOINT_OKS_SIGMAS", f"empty means COCO's sigmas of its 17 person keypoints, but "
+                                         f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = {k.NUM_KEYPOINTS}: give one each")
+    if cfg.TEST.AUG.ENABLED:
+        fail("TEST.AUG.ENABLED", "test-time augmentation of keypoints is not supported (as in detectron2): "
+                                 "set it False with MODEL.KEYPOINT_ON")
 
 
 def _schedule_length_key(origins: Dict[str, str]) -> str:

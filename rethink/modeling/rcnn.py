@@ -109,7 +109,7 @@ def detector_postprocess(result: Dict[str, torch.Tensor], input_hw: Tuple[int, i
                          output_hw: Tuple[int, int], mask_threshold: float = 0.5) -> Dict[str, torch.Tensor]:
     """One image's detections from network-input to output coordinates (detectron2's
     ``detector_postprocess``): boxes scaled and clipped, empty boxes dropped, mask probabilities
-    pasted into bool [N, H, W] masks at ``>= mask_threshold``."""
+    pasted into bool [N, H, W] masks at ``>= mask_threshold``, keypoints [N, K, 3] scaled as the boxes."""
     out_h, out_w = int(output_hw[0]), int(output_hw[1])
     boxes = result["boxes"].clone()
     boxes[:, 0::2] *= out_w / input_hw[1]
@@ -120,6 +120,11 @@ def detector_postprocess(result: Dict[str, torch.Tensor], input_hw: Tuple[int, i
     out = {"boxes": boxes[keep], "scores": result["scores"][keep], "labels": result["labels"][keep]}
     if "mask_probs" in result:
         out["masks"] = paste_masks_in_image(result["mask_probs"][keep], out["boxes"], (out_h, out_w), mask_threshold)
+    if "keypoints" in result:  # (x, y, score), scaled as the boxes, not clipped (as detectron2)
+        kps = result["keypoints"][keep].clone()
+        kps[..., 0] *= out_w / input_hw[1]
+        kps[..., 1] *= out_h / input_hw[0]
+        out["keypoints"] = kps
     return out
 
 

@@ -155,6 +155,8 @@ def _d2_head_name(key: str, model: nn.Module, notes: List[str]) -> Optional[str]
         return f"roi_heads.mask_predictor.{'conv5_mask' if layer == 'deconv' else 'mask_fcn_logits'}.{param}"
     if re.match(r"^roi_heads\.box_predictor\.(\d+\.)?(cls_score|bbox_pred)\.(weight|bias)$", key):
         return key
+    if re.match(r"^roi_heads\.keypoint_head\.(conv_fcn\d+|score_lowres)\.(weight|bias)$", key):
+        return key  # KRCNNConvDeconvUpsampleHead: the same names here (modeling/roi_heads/keypoint.py)
     return None
 
 

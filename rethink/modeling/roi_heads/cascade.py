@@ -65,7 +65,7 @@ class CascadeROIHeads(StandardROIHeads):
         mask_predictor = build_mask_predictor(cfg, in_channels)
         return cls(build_pooler(cfg.MODEL.ROI_BOX_HEAD), box_heads, box_predictors, list(c.IOUS),
                    [tuple(w) for w in c.BBOX_REG_WEIGHTS],
-                   **head_kwargs(cfg, build_pooler(cfg.MODEL.ROI_MASK_HEAD), mask_head, mask_predictor))
+                   **head_kwargs(cfg, build_pooler(cfg.MODEL.ROI_MASK_HEAD), mask_head, mask_predictor, in_channels))
 
     def run_stage(self, k: int, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor],
                   image_shapes: List[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:

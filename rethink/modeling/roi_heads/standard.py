@@ -14,7 +14,9 @@ does differently:
   (:meth:`rethink.structures.InstanceMasks.crop_and_resize`); torchvision crops full-image masks
   with ``aligned=False`` and keeps them soft;
 - **inference**: detectron2's ``fast_rcnn_inference`` (no extra small-box filter) and the mask
-  probabilities of the predicted class, pasted later by :func:`rethink.modeling.mask_ops`.
+  probabilities of the predicted class, pasted later by :func:`rethink.modeling.mask_ops`;
+- **keypoints** (``MODEL.KEYPOINT_ON``): the ``keypoint_head`` component (keypoint.py) trains on the
+  foreground proposals and predicts on the detections, as detectron2's ``_forward_keypoint``.
 
 Classes are 1..K with 0 = background (torchvision's convention; the checkpoint loader moves
 detectron2's last background row to the front).
@@ -28,12 +30,15 @@ from torchvision.ops import boxes as box_ops
 
 from ...structures.masks import crop_and_resize_bitmasks
 from ..heads import build_box_head, build_box_predictor, build_mask_head, build_mask_predictor, build_pooler
+from .keypoint import build_keypoint_head
 
 
-def head_kwargs(cfg, mask_pool, mask_head, mask_predictor) -> dict:
-    """The RoI heads' settings other than the box head (shared by the standard and cascade heads)."""
+def head_kwargs(cfg, mask_pool, mask_head, mask_predictor, in_channels: int) -> dict:
+    """The RoI heads' settings other than the box head (shared by the standard and cascade heads); the
+    keypoint branch is built here, after the box and mask heads (detectron2's order)."""
     m = cfg.MODEL
     return dict(
+        keypoint_head=build_keypoint_head(cfg, in_channels, build_pooler(m.ROI_KEYPOINT_HEAD)),
         fg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0], bg_iou_thresh=m.ROI_HEADS.IOU_THRESHOLDS[0],
         batch_size_per_image=m.ROI_HEADS.BATCH_SIZE_PER_IMAGE, positive_fraction=m.ROI_HEADS.POSITIVE_FRACTION,
         score_thresh=m.ROI_HEADS.SCORE_THRESH_TEST, nms_thresh=m.ROI_HEADS.NMS_THRESH_TEST,
@@ -83,7 +88,8 @@ def mask_rcnn_loss(mask_logits: torch.Tensor, proposals: List[torch.Tensor], gt_
 
 class StandardROIHeads(RoIHeads):
     """See the module doc. Eval returns per image {"boxes" (network-input XYXY), "scores", "labels"
-    (1..K), "mask_probs" [N, M, M] (with masks)}: :meth:`predict_boxes` then
+    (1..K), "mask_probs" [N, M, M] (with masks), "keypoints" [N, K, 3] (x, y, score; with keypoints)}:
+    :meth:`predict_boxes` then
     :meth:`predict_mask_probs` on its boxes (test-time augmentation calls the two apart)."""
 
     def __init__(self, *args, smooth_l1_beta: float = 0.0, box_reg_loss_weight: float = 1.0, **kwargs):
@@ -99,7 +105,10 @@ class StandardROIHeads(RoIHeads):
         mask_predictor = build_mask_predictor(cfg, in_channels)
         return cls(build_pooler(cfg.MODEL.ROI_BOX_HEAD), box_head, box_predictor,
                    bbox_reg_weights=tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
-                   **head_kwargs(cfg, build_pooler(cfg.MODEL.ROI_MASK_HEAD), mask_head, mask_predictor))
+                   **head_kwargs(cfg, build_pooler(cfg.MODEL.ROI_MASK_HEAD), mask_head, mask_predictor, in_channels))
+
+    def has_keypoint(self) -> bool:
+        return self.keypoint_head is not None
 
     def _mask_logits(self, features, boxes, image_shapes) -> torch.Tensor:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
@@ -113,6 +122,10 @@ class StandardROIHeads(RoIHeads):
                                                 [r["labels"] for r in results], image_shapes)
                 for r, p in zip(results, probs):
                     r["mask_probs"] = p
+            if self.has_keypoint():
+                for r, k in zip(results, self.keypoint_head.predict(features, [r["boxes"] for r in results],
+                                                                    image_shapes)):
+                    r["keypoints"] = k
             return results, {}
         if targets is None:
             raise ValueError(f"{type(self).__name__}: targets are required in training mode")
@@ -120,6 +133,9 @@ class StandardROIHeads(RoIHeads):
         losses = self.box_losses(features, proposals, image_shapes, targets, labels, regression_targets)
         if self.has_mask():
             losses["loss_mask"] = self.mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
+        if self.has_keypoint():
+            losses["loss_keypoint"] = self.keypoint_head.loss(features, proposals, image_shapes, targets, labels,
+                                                              matched_idxs)
         return [], losses
 
     def box_losses(self, features, proposals, image_shapes, targets, labels, regression_targets):
