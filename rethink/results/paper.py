@@ -4,8 +4,9 @@ He, Girshick, Dollár. Rethinking ImageNet Pre-training. ICCV 2019 (arXiv:1811.0
 sections are numbered as in arXiv v1 (R101-GN curves Figure 3, SyncBN Figure 4, enhanced baselines Figure 5 /
 Sec. 5.1, less data Sec. 5.2 / Figures 7-8, large model Table 3).
 All numbers are COCO val2017 AP in percent, Mask R-CNN with FPN, trained on train2017 at 16
-images/batch. `lookup()` finds the reference for a run's settings; `config_settings()` reads the settings
-beyond depth/norm/init/schedule/data (cascade, train aug, recipe, ResNeXt) from a run's config mapping.
+images/batch, except the PASCAL VOC ones (Sec. 5, ``VOC``: Faster R-CNN, VOC mAP on VOC2012 val).
+`lookup()` finds the reference for a run's settings; `config_settings()` reads the settings beyond
+depth/norm/init/schedule/data (cascade, train aug, recipe, ResNeXt) from a run's config mapping.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -32,6 +33,8 @@ class Reference:
     test_aug: bool = False  # test-time augmentation (the *_TTA metrics of a run)
     recipe: str = "plain"  # less data: "retuned" (Sec. 5.2's recipe), "scratch_tuned" (grid search for scratch)
     resnext: str = ""  # "" = ResNet; "32x8d" = ResNeXt groups x width
+    dataset: str = "coco"  # "coco" (val2017 AP) or "voc" (PASCAL VOC: voc_map)
+    voc_map: Optional[float] = None  # VOC mAP (AP at IoU 0.5, percent): a VOC run's bbox/AP50
 
 
 def _table1():
@@ -122,18 +125,28 @@ DETECTRON2_ZOO = [
     Reference("detectron2 zoo", 50, "SyncBN", "pretrained", 3.0, None, box_ap=41.9, mask_ap=37.8),
 ]
 
-PAPER = list(_table1()) + TABLE2 + LESS_DATA + FIGURE5 + TABLE3
+# Sec. 5 "breakdown regimes" (PASCAL VOC): Faster R-CNN R101-FPN with GN and training-time augmentation, trained on
+# VOC2007 trainval + VOC2012 train, evaluated on VOC2012 val (VOC mAP); one length each (configs/voc/).
+VOC = [
+    Reference("Sec. 5 (PASCAL VOC)", 101, "GN", "pretrained", None, None, iterations=18000, voc_map=82.7,
+              train_aug=True, dataset="voc", note="at 18k iterations"),
+    Reference("Sec. 5 (PASCAL VOC)", 101, "GN", "scratch", None, None, iterations=144000, voc_map=77.6,
+              train_aug=True, dataset="voc", note="at 144k iterations; does not catch up when trained longer"),
+]
+
+PAPER = list(_table1()) + TABLE2 + LESS_DATA + FIGURE5 + TABLE3 + VOC
 
 
 def lookup(depth: int, norm: str, init: str, schedule: Optional[float] = None,
            train_images: Optional[int] = None, include_zoo: bool = False, cascade: bool = False,
            train_aug: bool = False, test_aug: bool = False, recipe: Optional[str] = None,
-           resnext: str = "") -> Optional[Reference]:
+           resnext: str = "", dataset: str = "coco") -> Optional[Reference]:
     """The paper's reference for these settings (Table 2 preferred over Table 1 at 6x, since it
     also has mask AP), or None. `train_images` None means the full train2017; with less data the schedule
     is not compared (the paper reports each curve's best point) and `recipe` None takes the paper's recipe
     ("retuned"; "plain" finds none: the paper gives no number for it). A reference without a schedule
-    (Table 3) matches any. `test_aug`: the reference for a run's *_TTA metrics."""
+    (Table 3) matches any. `test_aug`: the reference for a run's *_TTA metrics. `dataset` "voc": the PASCAL VOC
+    numbers (one per init, any schedule)."""
     pool = PAPER + (DETECTRON2_ZOO if include_zoo else [])
 
     def schedule_ok(r: Reference) -> bool:
@@ -141,7 +154,8 @@ def lookup(depth: int, norm: str, init: str, schedule: Optional[float] = None,
             return True
         return schedule is not None and abs(r.schedule - schedule) < 1e-6
 
-    hits = [r for r in pool if (r.depth, r.norm, r.init) == (depth, norm, init) and r.train_images == train_images
+    hits = [r for r in pool if (r.depth, r.norm, r.init, r.dataset) == (depth, norm, init, dataset)
+            and r.train_images == train_images
             and (r.cascade, r.train_aug, r.test_aug, r.resnext) == (cascade, train_aug, test_aug, resnext)
             and (r.recipe == recipe if recipe is not None else r.recipe in ("plain", "retuned")) and schedule_ok(r)]
     hits.sort(key=lambda r: (r.source != "Table 2", r.source == "detectron2 zoo"))
