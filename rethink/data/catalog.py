@@ -5,6 +5,10 @@ Built in (paths resolved when asked for, so the environment may change after imp
 * ``coco_2017_train``, ``coco_2017_val``: ``<root>/coco/annotations/instances_{train,val}2017.json`` with
   images in ``<root>/coco/{train,val}2017/``. ``<root>`` is ``$RETHINK_DATASETS``, else
   ``$DETECTRON2_DATASETS``, else ``./datasets``.
+* PASCAL VOC, detectron2's names: ``voc_2007_{trainval,train,val,test}``, ``voc_2012_{trainval,train,val}``
+  from ``<root>/VOC2007/`` and ``<root>/VOC2012/`` (devkit layout), and VOC-layout folders registered with
+  ``rethink.data.voc.register_pascal_voc``; their XML is converted once to a COCO-format json in
+  ``$RETHINK_CACHE/voc/`` (see :mod:`rethink.data.voc`); evaluated with VOC mAP (evaluator_type "pascal_voc").
 * Subsets of any other named dataset, by name: ``<base>_<sel>_s<seed>`` with ``<sel>`` a fraction
   ``1of3`` / ``1of10`` / ``1of100`` (any ``AofB``) or an image count ``35k`` / ``10k`` / ``3.5k`` / ``1k`` /
   ``1234``, e.g. ``coco_2017_train_1of10_s0``, ``coco_2017_train_10k_s0``. Created on first use in
@@ -23,6 +27,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from .errors import DatasetError, DatasetNotFoundError
 from .subsets import Selection, ensure_subset
 from .synthetic import DEMO_NUM_IMAGES, DEMO_NUM_VAL, ensure_builtin_synthetic
+from .voc import is_voc_dataset, voc_dataset_files, voc_names
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class DatasetSpec(NamedTuple):
     kind: str  # "builtin", "registered", "subset" or "synthetic"
     parent: Optional[str] = None  # subsets: the dataset they were drawn from
     manifest: Optional[str] = None  # subsets: the manifest json beside the subset json
+    evaluator_type: str = "coco"  # "coco" or "pascal_voc" (detectron2's metadata evaluator_type); subsets inherit
 
 
 def datasets_root() -> Tuple[str, str]:
@@ -82,7 +88,7 @@ def unregister(name: str) -> None:
 
 def list_datasets() -> List[str]:
     """Names known without pattern matching (subset names are derived from these)."""
-    return sorted(set(BUILTIN_COCO) | set(SYNTHETIC_NAMES) | set(_REGISTERED))
+    return sorted(set(BUILTIN_COCO) | set(SYNTHETIC_NAMES) | set(_REGISTERED) | set(voc_names()))
 
 
 def _builtin_spec(name: str) -> DatasetSpec:
@@ -122,12 +128,17 @@ def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
         base, split = name.rsplit("_", 1)
         paths = ensure_builtin_synthetic(create, *SYNTHETIC_SIZES[base])
         return DatasetSpec(paths[split], paths["image_root_" + split], name, "synthetic")
+    if is_voc_dataset(name):
+        json_file, image_root = voc_dataset_files(name, *datasets_root(), create=create)
+        return DatasetSpec(json_file, image_root, name, "voc", evaluator_type="pascal_voc")
     m = SUBSET_RE.match(name)
-    if m and (m.group("base") in _REGISTERED or m.group("base") in BUILTIN_COCO or m.group("base") in SYNTHETIC_NAMES):
+    if m and (m.group("base") in _REGISTERED or m.group("base") in BUILTIN_COCO or m.group("base") in SYNTHETIC_NAMES
+              or is_voc_dataset(m.group("base"))):
         parent = get_dataset_spec(m.group("base"), create=create)
         sel = Selection.parse(m.group("sel"))
         json_file, manifest = ensure_subset(parent.json_file, parent.name, sel, int(m.group("seed")), create=create)
-        return DatasetSpec(json_file, parent.image_root, name, "subset", parent.name, manifest)
+        return DatasetSpec(json_file, parent.image_root, name, "subset", parent.name, manifest,
+                           parent.evaluator_type)
     known = list_datasets()
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
-from ..evaluation import COCOEvaluator
+from ..evaluation.build import build_evaluator
 from ..modeling import build_model
 from ..modeling.tta import GeneralizedRCNNWithTTA
 from ..utils.rundir import checkpoint_name
@@ -236,8 +236,8 @@ def evaluate(cfg, model, device, tta: Optional[bool] = None) -> Dict[str, Dict[s
     results = {}
     for name in cfg.DATASETS.TEST:
         loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())
-        evaluator = COCOEvaluator(get_dataset_spec(name).json_file, backend=cfg.TEST.EVALUATOR, tasks=tasks,
-                                  gather=comm.gather_to_main, is_main=comm.is_main_process())
+        evaluator = build_evaluator(get_dataset_spec(name), cfg.TEST.EVALUATOR, tasks, gather=comm.gather_to_main,
+                                    is_main=comm.is_main_process())  # COCO AP, or VOC mAP for VOC datasets
         results[name] = inference_on_dataset(model, loader, evaluator, device)
         if tta:
             logger.info("Running inference with test-time augmentation on %s ...", name)
