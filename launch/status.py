@@ -6,6 +6,7 @@ dir holds another config's run), last iteration, latest box and mask AP, fork tr
     python launch/status.py output/sweeps/paper
     python launch/status.py output/sweeps/paper --resubmit-failed   # resume failed runs in a new array
     python launch/status.py output/sweeps/paper --wait              # until no run can change any more
+    python launch/status.py output/scratch_gn_r50                   # a run directory of tools/train.py
 """
 import argparse
 import logging
@@ -14,6 +15,7 @@ import sys
 from rethink.cluster.jobs import submit_sweep
 from rethink.cluster.status import format_states, is_resubmittable, load_submitted_sweep, run_states, wait
 from rethink.cluster.sweep import fork_summary, submissions
+from rethink.utils.usererrors import run_cli
 
 
 def main(argv=None):
@@ -23,6 +25,10 @@ def main(argv=None):
     p.add_argument("--wait", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run_cli(report, args)  # a user error (no sweep there, a bad sweep file): one message, exit status 2
+
+
+def report(args) -> int:
     sweep = load_submitted_sweep(args.sweep_dir)
     rows = wait(sweep, report=lambda r: print(format_states(r), flush=True)) if args.wait else run_states(sweep)
     if not args.wait:

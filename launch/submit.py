@@ -13,7 +13,9 @@
 Runs go to <root>/<sweep name>/<run name> (single runs: output/<config name>[/<overrides>]);
 `python launch/status.py <sweep dir>` shows their state. Before anything is submitted (and with
 --dry-run) the sweep file's entries, the datasets and the run dirs are checked (rethink.cluster.sweep,
-rethink.cluster.preflight): a run dir that holds another run (a different resolved config) is refused.
+rethink.cluster.preflight): every run's datasets and MODEL.WEIGHTS are there, and a run dir that holds
+another run (a different resolved config) is refused. A mistake is one message and exit status 2
+(RETHINK_TRACEBACK=1 shows the traceback).
 """
 import argparse
 import logging
@@ -22,8 +24,9 @@ import sys
 from rethink.cluster.jobs import submit_sweep
 from rethink.cluster.preflight import check_submission
 from rethink.cluster.status import format_states, wait
-from rethink.cluster.sweep import SweepError, expand, load_sweep, plan_table
+from rethink.cluster.sweep import expand, load_sweep, plan_table
 from rethink.engine.defaults import run_name
+from rethink.utils.usererrors import run_cli
 
 RESOURCE_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "time", "partition", "account", "qos", "constraint",
                   "mem", "comment", "array_parallelism", "max_num_timeout", "max_retries", "signal_delay_s")
@@ -56,11 +59,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%m/%d %H:%M:%S")
-    try:
-        return submit(args)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(submit, args)  # a user error (sweep, config, dataset, weights): one message, exit status 2
 
 
 def submit(args) -> int:

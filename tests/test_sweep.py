@@ -45,6 +45,20 @@ def coco_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def weights_root(tmp_path_factory):
+    """A $RETHINK_WEIGHTS where the launcher finds every ImageNet file the shipped configs name (empty files:
+    --dry-run checks that they are there, it reads none)."""
+    root = tmp_path_factory.mktemp("weights")
+    names = set()
+    for path in list((ROOT / "configs").rglob("*.yaml")) + list(SWEEPS.glob("*.yaml")):
+        names |= set(re.findall(r"detectron2://([\w./-]+\.(?:pkl|pth))", path.read_text()))
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    return str(root)
+
+
 def cli(*args, env=None, timeout=120):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -163,9 +177,14 @@ def test_dry_run_cli_refuses_sweep_file_errors(tmp_path, capsys):
     assert err.startswith(f"error: {path}: exclude[0] {{'schedul': '2x'}}: unknown axis 'schedul'")
 
 
-def test_dry_run_cli_prints_table_and_submits_nothing(tmp_path, coco_root):
+def test_dry_run_cli_prints_table_and_submits_nothing(tmp_path, coco_root, weights_root):
     r = cli("launch/submit.py", "--sweep", "launch/sweeps/freeze.yaml", "--dry-run", "--root", str(tmp_path),
             "--gpus-per-node", "4", "--partition", "p1", env={"RETHINK_DATASETS": coco_root})
+    assert r.returncode == 2 and "R-50-GN.pkl, which does not exist" in r.stderr  # the pre-trained runs' weights
+    assert "Traceback" not in r.stderr
+    r = cli("launch/submit.py", "--sweep", "launch/sweeps/freeze.yaml", "--dry-run", "--root", str(tmp_path),
+            "--gpus-per-node", "4", "--partition", "p1", env={"RETHINK_DATASETS": coco_root,
+                                                              "RETHINK_WEIGHTS": weights_root})
     assert r.returncode == 0, r.stderr
     assert "fz5_2x_s0" in r.stdout and "1x4" in r.stdout and "6 runs in one job array" in r.stdout
     assert not (tmp_path / "freeze").exists()
@@ -399,8 +418,9 @@ def test_enhanced_grid_and_cascade_switch(tmp_path):
 
 
 @pytest.mark.skipif(not all(p.is_file() for p in X152), reason="the X152 configs (another change) are not here yet")
-def test_enhanced_dry_run_lists_runs_and_gpu_hours(tmp_path, coco_root, capsys, monkeypatch):
+def test_enhanced_dry_run_lists_runs_and_gpu_hours(tmp_path, coco_root, weights_root, capsys, monkeypatch):
     monkeypatch.setenv("RETHINK_DATASETS", coco_root)
+    monkeypatch.setenv("RETHINK_WEIGHTS", weights_root)
     rc, out, err = launch_main(capsys, "submit", "--sweep", str(SWEEPS / "enhanced.yaml"), "--dry-run",
                                "--root", str(tmp_path))
     assert rc == 0, err

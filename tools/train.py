@@ -10,6 +10,10 @@
     # evaluate a checkpoint on DATASETS.TEST; writes OUTPUT_DIR/eval_results.json ({"bbox/AP": ..., ...})
     python tools/train.py --config configs/scratch_gn_r50.yaml --num-gpus 8 --eval-only \\
         MODEL.WEIGHTS output/scratch_gn_r50/model_final.pth OUTPUT_DIR output/eval/scratch_gn_r50
+    # your own COCO-format dataset, by path, classes counted from it (NUM_CLASSES 0)
+    python tools/train.py --config configs/demo/scratch_gn_r18_tiny.yaml MODEL.ROI_HEADS.NUM_CLASSES 0 \
+        DATASETS.TRAIN '("/data/mine/annotations/instances_train.json",)' \
+        DATASETS.TEST '("/data/mine/annotations/instances_val.json",)'
     # a detectron2 run as it is: its config.yaml and model_final.pkl (COCO under $DETECTRON2_DATASETS)
     python tools/train.py --config D2_RUN/config.yaml --num-gpus 8 --eval-only \\
         MODEL.WEIGHTS D2_RUN/model_final.pkl OUTPUT_DIR output/d2_eval
@@ -20,6 +24,9 @@
 
 OUTPUT_DIR (default output/<config name>[/<overrides>]) receives config.yaml, log.txt, metrics.jsonl,
 TensorBoard events, model_XXXXXXX.pth, model_final.pth and last_checkpoint (rethink/utils/rundir.py).
+A mistake (config key, dataset, weights) is one message and exit status 2; RETHINK_TRACEBACK=1 shows the
+traceback. --eval-only without MODEL.WEIGHTS (or --resume's checkpoint) is refused unless
+--allow-random-weights.
 """
 import logging
 import sys
@@ -40,15 +47,16 @@ from rethink.engine import (
 from rethink.modeling import build_model
 from rethink.utils.logger import setup_logging
 from rethink.utils.signals import StopRequest, TrainingStopped
+from rethink.utils.usererrors import run_cli
 
 
 def setup(args):
     """The run's config, once, before any rank starts: the file, then the KEY VALUE overrides; OUTPUT_DIR
     defaults to output/<run name>; SEED < 0 is drawn (or, with --resume, read from the run's config.yaml).
-    Missing dataset files or a missing GPU fail here."""
+    Missing dataset files, a NUM_CLASSES that is not the data's, missing weights or a missing GPU fail here."""
     setup_logging()  # console; each rank adds OUTPUT_DIR/log.txt in default_setup
     cfg = load_run_config(args.config, args.opts, resume=args.resume)
-    check_run(cfg, eval_only=args.eval_only)
+    check_run(cfg, eval_only=args.eval_only, resume=args.resume, allow_random_weights=args.allow_random_weights)
     return cfg
 
 
@@ -58,12 +66,13 @@ def main(cfg, args):
     if args.eval_only:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, args.resume,
-                                                          cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
+        checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, args.resume, cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
         # COCO box/mask AP on every DATASETS.TEST (and with TEST.AUG.ENABLED the TTA model's, suffixed _TTA);
         # a stop signal ends it after the batch in progress: no results written, exit 128 + the signal
         with StopRequest("stopping the evaluation after the batch in progress; no results are written"):
-            results = evaluate(cfg, model, device)
+            # labels mapped to the test json's categories by the checkpoint's category list (when it has one)
+            results = evaluate(cfg, model, device, categories=checkpointer.loaded_categories)
         save_eval_results(cfg, results)
         return results
     trainer = Trainer(cfg)  # model (DDP over the ranks), optimizer, AMP scaler, checkpointer
@@ -74,12 +83,17 @@ def main(cfg, args):
     return trainer.storage.scalars_at(trainer.completed)
 
 
-if __name__ == "__main__":
-    args = default_argument_parser(__doc__).parse_args()
+def cli(argv=None) -> int:
+    args = default_argument_parser(__doc__).parse_args(argv)
     cfg = setup(args)
     try:
         launch(main, num_processes=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, device=cfg.MODEL.DEVICE, args=(cfg, args))
     except TrainingStopped as e:  # SIGTERM / SIGUSR2: the checkpoint is saved; --resume continues
         logging.getLogger("train").warning("%s; continue with --resume", e)
-        sys.exit(e.exit_code)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))  # a user error: one message, exit status 2 (RETHINK_TRACEBACK=1: the traceback)

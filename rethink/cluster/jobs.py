@@ -8,6 +8,11 @@ handler for that signal runs (SIGUSR2: `checkpoint()`, requeue under the same jo
 requeues a preempted job itself). A transient failure (cluster.retry) is requeued too, up to
 `max_retries` per run. Every restart resumes from the last checkpoint in the run's OUTPUT_DIR, with the
 run's saved config.yaml: a config file edited since is reported, not applied.
+
+A job that fails writes its own message into the run's log.txt (rank 0; a user error -- config,
+dataset, weights, run directory -- as its one message, anything else with its traceback), so the log
+ends with why, not only with submitit's "Submitted job triggered an exception"; launch/status.py
+shows the same message from the job's result.
 """
 import logging
 import os
@@ -21,12 +26,13 @@ from typing import Dict, List, Optional
 import submitit
 
 from ..config import load_config
-from ..engine import launch, load_run_config, main_worker
+from ..engine import check_run, launch, load_run_config, main_worker
 from ..engine.ownership import RunDirMismatch
 from ..utils.fingerprint import config_fingerprint, fingerprint_diff
 from ..utils.logger import setup_logging
 from ..utils.rundir import RunDir
 from ..utils.signals import TrainingStopped
+from ..utils.usererrors import USER_ERRORS, one_line
 from .branches import BranchSubmitter, prepare_branch
 from .resources import Resources, make_executor
 from .retry import retry_decision
@@ -111,7 +117,26 @@ class TrainJob:
     def __call__(self):
         values = set_dist_env_from_submitit()
         setup_logging(None, values["RANK"])
+        try:
+            return self._run(values)
+        except Exception as e:
+            if values["RANK"] == 0:
+                self.log_failure(e)
+            raise
+
+    def log_failure(self, e: BaseException) -> None:
+        """The job's error, into the run's log.txt (and the job's own log)."""
+        setup_logging(self.output_dir, 0)
+        if isinstance(e, USER_ERRORS):
+            logger.error("Run %s failed: %s", self.output_dir, one_line(e))
+        else:
+            logger.error("Run %s failed: %s", self.output_dir, one_line(e), exc_info=e)
+
+    def _run(self, values):
         cfg = restart_config(self.config, self.run_overrides(), self.output_dir)
+        # the start-up check of tools/train.py (datasets, their category counts against NUM_CLASSES, weights):
+        # a mistake ends the job here with its message, not at iteration 1 or at the first evaluation
+        check_run(cfg, resume=True)
         if self.fork_from:
             prepare_branch(cfg, self.fork_from, rank=values["RANK"])
         try:

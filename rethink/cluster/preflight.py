@@ -3,8 +3,13 @@ what is on disk, not on the sweep file alone (that is rethink.cluster.sweep's ex
 
 * Datasets: every DATASETS.TRAIN / DATASETS.TEST name of every run is known to the catalog and its
   files are there (a subset is drawn on first use, so only its source must exist; the synthetic set is
-  generated on first use). Nothing is created or parsed here: the training's start-up check
-  (rethink.data.preflight) reads the files.
+  generated on first use; a subset of an unregistered name must have been written by
+  tools/make_subsets.py; a json path must exist). Each run's DATASETS.REGISTER is registered first.
+  Nothing is created or parsed here: the training's start-up check (rethink.data.preflight) reads the
+  files.
+* Weights: every run's MODEL.WEIGHTS is there (rethink.weights.resolve_weights_path: a file path, or a
+  detectron2:// / catalog:// name under $RETHINK_WEIGHTS), so a pretrained run of an array does not
+  fail at its start after the array has queued.
 * Run directories: a run dir that recorded another run's fingerprint (utils.fingerprint: a different
   resolved config) is refused: resuming there would continue that run's checkpoint under these
   settings, and its files would be reported as this run's. A dir without a fingerprint (new, from
@@ -12,15 +17,18 @@ what is on disk, not on the sweep file alone (that is rethink.cluster.sweep's ex
 
 Errors name the sweep file, the runs, the entry of the sweep that set the value, and the keys.
 """
+import ast
 import logging
 import os
 from typing import Dict, List, Tuple
 
-from ..data.catalog import SUBSET_RE, SYNTHETIC_NAMES, get_dataset_spec
+from ..data.catalog import SUBSET_RE, SYNTHETIC_NAMES, get_dataset_spec, list_datasets, register_config_datasets
 from ..data.errors import DatasetError
 from ..data.subsets import Selection
+from ..data.user_datasets import is_json_path
 from ..utils.fingerprint import fingerprint_diff
 from ..utils.rundir import RunDir
+from ..weights import WeightsError, resolve_weights_path
 from .sweep import RunSpec, Sweep, SweepError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +55,7 @@ def _listed(items: List[str]) -> str:
 
 
 def _entry(sweep: Sweep, run: RunSpec, key: str) -> str:
-    """The entry of the sweep file that set `key` (DATASETS.TRAIN / DATASETS.TEST) for `run`."""
+    """The entry of the sweep file that set `key` (DATASETS.TRAIN / DATASETS.TEST / MODEL.WEIGHTS) for `run`."""
     if key == "DATASETS.TRAIN" and "subset" in run.axes:
         extra = (f"train_dataset {sweep.source['train_dataset']!r}" if "train_dataset" in sweep.source
                  else "the default train_dataset 'coco_2017_train'")
@@ -62,7 +70,7 @@ def _entry(sweep: Sweep, run: RunSpec, key: str) -> str:
 
 def dataset_problem(name: str) -> str:
     """Why dataset `name` cannot be used here, or "" (see the module doc: nothing is created)."""
-    m = SUBSET_RE.match(name)
+    m = None if is_json_path(name) else SUBSET_RE.match(name)
     if m:
         try:
             Selection.parse(m.group("sel"))
@@ -72,7 +80,10 @@ def dataset_problem(name: str) -> str:
     if base in SYNTHETIC_NAMES:
         return ""  # generated on first use
     try:
-        get_dataset_spec(base, create=False)
+        if m and base not in list_datasets():  # a subset tools/make_subsets.py wrote, found by its name
+            get_dataset_spec(name, create=False)
+        else:
+            get_dataset_spec(base, create=False)
     except DatasetError as e:
         return str(e)
     return ""
@@ -80,17 +91,40 @@ def dataset_problem(name: str) -> str:
 
 def dataset_problems(sweep: Sweep, source: str) -> List[str]:
     """One message per (dataset, sweep entry) that cannot be used, naming the runs."""
-    uses: Dict[Tuple[str, str, str], List[str]] = {}
+    uses: Dict[Tuple[str, str, str, str], List[str]] = {}
     for run in sweep.runs:
         cfg = {k: v for k, v in (run.fingerprint or {}).get("config", {}).items() if k.startswith("DATASETS.")}
+        registered = repr(cfg.get("DATASETS.REGISTER", []))
         for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
             for name in cfg.get(key, []):
-                uses.setdefault((name, key, _entry(sweep, run, key)), []).append(run.name)
+                uses.setdefault((name, key, _entry(sweep, run, key), registered), []).append(run.name)
     problems, seen = [], {}
-    for (name, key, entry), runs in uses.items():
-        why = seen[name] if name in seen else seen.setdefault(name, dataset_problem(name))
+    for (name, key, entry, registered), runs in uses.items():
+        if (name, registered) not in seen:
+            try:
+                register_config_datasets(ast.literal_eval(registered))  # this run's DATASETS.REGISTER
+                seen[(name, registered)] = dataset_problem(name)
+            except DatasetError as e:
+                seen[(name, registered)] = str(e)
+        why = seen[(name, registered)]
         if why:
             problems.append(f"{source}: {entry}: {key} {name!r} (run(s) {_listed(runs)}): {why}")
+    return problems
+
+
+def weights_problems(sweep: Sweep, source: str) -> List[str]:
+    """One message per (MODEL.WEIGHTS, sweep entry) whose file is not there, naming the runs."""
+    uses: Dict[Tuple[str, str], List[str]] = {}
+    for run in sweep.runs:
+        weights = (run.fingerprint or {}).get("config", {}).get("MODEL.WEIGHTS", "")
+        if weights:
+            uses.setdefault((weights, _entry(sweep, run, "MODEL.WEIGHTS")), []).append(run.name)
+    problems = []
+    for (weights, entry), runs in uses.items():
+        try:
+            resolve_weights_path(weights)
+        except (WeightsError, FileNotFoundError) as e:
+            problems.append(f"{source}: {entry} (run(s) {_listed(runs)}): {e}")
     return problems
 
 
@@ -115,7 +149,7 @@ def run_dir_problems(sweep: Sweep, source: str) -> List[str]:
 
 
 def check_submission(sweep: Sweep, source: str) -> None:
-    """Raise SweepError listing every problem (datasets, run dirs) of submitting `sweep` here."""
-    problems = dataset_problems(sweep, source) + run_dir_problems(sweep, source)
+    """Raise SweepError listing every problem (datasets, weights, run dirs) of submitting `sweep` here."""
+    problems = dataset_problems(sweep, source) + weights_problems(sweep, source) + run_dir_problems(sweep, source)
     if problems:
         raise SweepError("refusing to submit:\n" + "\n".join(problems))

@@ -9,7 +9,15 @@ requeued, done, failed (with the tail of its error), stale, last iteration, late
   finishing: on SLURM sacct says so; a local job (`--cluster local`, job id = its controller's pid)
   whose processes are gone without a result was killed by a signal: `failed (killed)`. (Only the
   machine that ran a local job can tell: elsewhere it reads running/pending, as its log says.)
+
+A failed run's error is the job's own exception message, whole (not the traceback's last lines):
+the table shows its first line, and the whole message follows the table.
+
+A run directory written by tools/train.py (config.yaml, no sweep.yaml) is reported as a sweep of that
+one run: done, running (its lock is held), failed (its log.txt ends with the error that stopped it)
+or stopped at its last iteration.
 """
+import fcntl
 import glob
 import json
 import logging
@@ -31,9 +39,17 @@ logger = logging.getLogger(__name__)
 
 
 def load_submitted_sweep(sweep_dir: str) -> Sweep:
+    """The sweep submitted into `sweep_dir` (its sweep.yaml), or, for a run directory of tools/train.py
+    (a config.yaml), a sweep of that one run."""
     path = os.path.join(sweep_dir, "sweep.yaml")
+    run = RunDir(sweep_dir)
+    if not os.path.isfile(path) and os.path.isfile(run.config_file):
+        full = os.path.abspath(sweep_dir)
+        return expand({"name": os.path.basename(full), "root": os.path.dirname(full), "config": run.config_file,
+                       "single": True, "run_dir": True}, run.config_file)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{sweep_dir}: no sweep.yaml (not a submitted sweep or run directory)")
+        raise FileNotFoundError(f"{sweep_dir}: no sweep.yaml and no config.yaml (not a submitted sweep or a run "
+                                f"directory)")
     with open(path) as f:
         spec = yaml.safe_load(f)
     return expand(spec, path, root=spec.get("root"))
@@ -72,6 +88,65 @@ def _scheduler_state(sweep: Sweep, job_id: str, cluster: str) -> Optional[str]:
         return None
 
 
+def error_message(traceback_text: str) -> str:
+    """The exception's own message from a formatted traceback (the last one of a chain), whole, its class
+    without its module: 'DatasetError: unknown dataset ...'."""
+    lines = str(traceback_text).rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    body = lines[starts[-1] + 1:] if starts else lines
+    first = next((i for i, line in enumerate(body) if line and not line[0].isspace()), None)
+    if first is None:
+        return " | ".join(line.strip() for line in lines[-3:])
+    message = "\n".join(body[first:]).strip()
+    head, sep, rest = message.partition(":")
+    if sep and re.fullmatch(r"[\w.]+", head):
+        message = head.rsplit(".", 1)[-1] + sep + rest
+    return message
+
+
+def _locked(run: RunDir) -> bool:
+    """Whether a training holds the run directory's lock now (utils.runlock)."""
+    try:
+        fd = os.open(run.lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _logged_failure(run: RunDir) -> str:
+    """The error a run's log.txt ends with (tools/train.py's 'error: ...', a job's 'Run ... failed: ...'), or ''."""
+    log = run.log_file()
+    if not os.path.isfile(log):
+        return ""
+    with open(log, errors="replace") as f:
+        lines = f.read().splitlines()
+    starts = [i for i, line in enumerate(lines) if re.search(r"\] Run .* world size", line)]
+    for i in range(len(lines) - 1, (starts[-1] if starts else -1), -1):
+        m = re.search(r"\] (?:error: |Run \S+ failed: )(.*)$", lines[i])
+        if m:
+            tail = [line for line in lines[i + 1:] if not line.startswith("[") and "RETHINK_TRACEBACK" not in line]
+            return "\n".join([m.group(1)] + tail).strip()
+    return ""
+
+
+def _run_dir_state(run: RunDir, row: dict) -> str:
+    """State of a run directory that no submission recorded (tools/train.py's)."""
+    if _locked(run):
+        return "running"
+    failure = _logged_failure(run)
+    if failure:
+        row["error"] = failure
+        return "failed"
+    return f"stopped at iteration {row['iteration']}" if run.has_started() else "not started"
+
+
 def _starts(run: RunDir) -> int:
     """How often the run started (first start, requeues): rank 0's "Run ... world size" lines."""
     log = run.log_file()
@@ -98,7 +173,7 @@ def _stale(spec: RunSpec) -> str:
     return f"stale: belongs to another config ({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})"
 
 
-TERMINAL = ("done", "cancelled", "stale", "failed", "blocked", "not submitted")
+TERMINAL = ("done", "cancelled", "stale", "failed", "blocked", "not submitted", "stopped", "not started")
 
 
 def is_terminal(state: str) -> bool:
@@ -144,7 +219,9 @@ def run_states(sweep: Sweep) -> List[dict]:
             state = "done"
         elif result and result[0] == "error":
             state = "failed"
-            row["error"] = " | ".join(str(result[1]).strip().splitlines()[-3:])
+            row["error"] = error_message(result[1])
+        elif not row["job_id"] and sweep.source.get("run_dir"):
+            state = _run_dir_state(run, row)
         elif not row["job_id"]:
             state = f"waiting for trunk @{r.fork_from['iteration']}" if r.fork_from else "not submitted"
         elif sched:
@@ -178,13 +255,20 @@ def run_states(sweep: Sweep) -> List[dict]:
 
 def format_states(rows: List[dict]) -> str:
     head = ("run", "job", "state", "iter", "box AP", "mask AP", "fork", "error")
+    def short(error: str) -> str:
+        first = error.splitlines()[0] if error else ""
+        return first if len(first) <= 100 and first == error else first[:100] + " ... (below)"
+
     table = [head] + [(r["run"], str(r["job_id"]), r["state"], f"{r['iteration']}/{r['max_iter']}",
                        "" if r["box_AP"] is None else f"{r['box_AP']:.2f}",
-                       "" if r["mask_AP"] is None else f"{r['mask_AP']:.2f}", r["fork"], r["error"][-120:])
+                       "" if r["mask_AP"] is None else f"{r['mask_AP']:.2f}", r["fork"], short(r["error"]))
                       for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in rows:  # a long or multi-line error, whole
+        if r["error"] and short(r["error"]) != r["error"]:
+            lines.append(f"\n{r['run']}: {r['error']}")
     return "\n".join(lines)
 
 

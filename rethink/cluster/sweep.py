@@ -18,6 +18,8 @@
         retuned: [SOLVER.BASE_LR, 0.04]
     exclude: [{init: pretrained, schedule: 6x}]   # drop combinations
     overrides: [TEST.EVAL_PERIOD, 10000]         # for every run
+    datasets: [[mine, /data/mine/train.json, /data/mine/images]]  # your own: DATASETS.REGISTER of every run
+    train_dataset: mine                          # what axes.subset draws from (default coco_2017_train)
     resources: {nodes: 1, gpus_per_node: 8, time: "72:00:00", partition: learnfair, array_parallelism: 16}
 
 A sweep of several grids lists them under `grids:` (each with its own `config`, `axes`, `exclude` and extra
@@ -25,6 +27,11 @@ A sweep of several grids lists them under `grids:` (each with its own `config`, 
 branches the shorter schedules of a group off its longest run, `cascade_switch: {axis: heads, last_iters:
 270000, only: {init: scratch}}` trains a cascade run's final iterations only, as a branch of its
 standard-head twin (rethink.cluster.branches).
+
+`datasets` lists your own COCO-format datasets as [name, json, image_root] (image_root may be left out:
+found beside the json); they reach every job as the runs' DATASETS.REGISTER (replacing the config's),
+so DATASETS.TRAIN / TEST, `train_dataset` and the subsets (``mine_1of10_s0``) can name them. Relative
+paths are taken from the current directory, else from the sweep file's, and recorded absolute.
 
 Every run's config is loaded and validated at expansion time, so a bad key fails before anything
 is submitted; so do an axis or an `exclude` entry naming no axis of the sweep, an exclude entry that
@@ -47,15 +54,18 @@ import yaml
 
 from ..config import describe_schedule, load_config
 from ..data.catalog import SUBSET_RE
+from ..data.errors import DatasetError
 from ..data.subsets import Selection
+from ..data.user_datasets import REGISTER_KEY, config_registrations, is_json_path
 from ..utils.fingerprint import config_fingerprint
+from ..utils.usererrors import UserError
 from .branches import plan_cascade_switch, plan_forks
 from .resources import Resources
 
 NAMED_AXES = {"init": None, "norm": None, "depth": None, "schedule": "SOLVER.SCHEDULE", "subset": "DATASETS.TRAIN",
               "freeze_at": "MODEL.BACKBONE.FREEZE_AT", "seed": "SEED"}
 SWEEP_KEYS = {"name", "root", "config", "axes", "exclude", "overrides", "resources", "train_dataset", "subset_seed",
-              "fork_schedules", "single", "grids", "cascade_switch"}
+              "fork_schedules", "single", "grids", "cascade_switch", "datasets"}
 GRID_KEYS = {"config", "axes", "exclude", "overrides"}
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Rough seconds per iteration of R-FPN Mask R-CNN at 16 images/batch on 8 V100s, for GPU-hour estimates.
@@ -66,8 +76,8 @@ SEC_PER_ITER_RESNEXT = {(101, 256): 1.00, (152, 256): 1.60}
 CASCADE_TIME_FACTOR = 1.2
 
 
-class SweepError(ValueError):
-    pass
+class SweepError(ValueError, UserError):
+    """A sweep file, or what it asks for, cannot be submitted; the message names the file and the entry."""
 
 
 @dataclass
@@ -201,7 +211,31 @@ def _grids(spec: dict, source: str) -> List[dict]:
     return out
 
 
+def _datasets(spec: dict, source: str) -> dict:
+    """`spec` with its `datasets` entries checked and their paths made absolute (from the current
+    directory, else the sweep file's), so the recorded sweep.yaml means the same from anywhere."""
+    raw = spec.get("datasets")
+    if raw is None:
+        return spec
+    if not isinstance(raw, list):
+        raise SweepError(f"{source}: datasets: a list of [name, json, image_root] is required, not {raw!r}")
+    sweep_dir = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else os.getcwd()
+
+    def where(path: str) -> str:
+        if not path or os.path.isabs(os.path.expanduser(path)) or os.path.exists(path):
+            return path
+        beside = os.path.join(sweep_dir, path)
+        return beside if os.path.exists(beside) else path
+    try:
+        entries = config_registrations([[x if i == 0 else where(x) for i, x in enumerate(e)]
+                                        if isinstance(e, list) else e for e in raw], key="datasets")
+    except DatasetError as e:
+        raise SweepError(f"{source}: {e}") from None
+    return {**spec, "datasets": [[n, j, r] if r else [n, j] for n, j, r in entries]}
+
+
 def expand(spec: dict, source: str = "<sweep>", root: Optional[str] = None) -> Sweep:
+    spec = _datasets(spec, source)
     name = spec.get("name") or os.path.splitext(os.path.basename(source))[0]
     root = os.path.abspath(root or spec.get("root", "output/sweeps"))
     resources = Resources.from_dict(spec.get("resources"))
@@ -233,6 +267,8 @@ def _expand_grid(spec: dict, source: str, name: str, root: str) -> List[RunSpec]
                          "configs/{init}_{norm}_r{depth}.yaml) is required")
     excludes = _check_excludes(spec.get("exclude"), axes, source)
     common = [str(x) for x in (spec.get("overrides") or [])]
+    if spec.get("datasets"):  # before the sweep's overrides: a DATASETS.REGISTER there wins
+        common = [REGISTER_KEY, repr(tuple(tuple(e) for e in spec["datasets"]))] + common
     base_dir = os.path.dirname(os.path.abspath(source.split(": ")[0])) if os.path.isfile(source.split(": ")[0]) \
         else os.getcwd()
     runs = []
@@ -337,6 +373,10 @@ def _check_bundle(axis, values: dict, source: str) -> list:
 def _check_subset(value, spec: dict, source: str) -> None:
     if value == "full":
         return
+    if is_json_path(spec.get("train_dataset")):
+        raise SweepError(f"{source}: axes.subset {value!r}: train_dataset {spec['train_dataset']!r} is a json path; "
+                         f"subsets are drawn from a named dataset: name it in `datasets` ([name, json, image_root]) "
+                         f"and set train_dataset to that name")
     name = f"{spec.get('train_dataset', 'coco_2017_train')}_{value}_s{spec.get('subset_seed', 0)}"
     m = SUBSET_RE.match(name)
     try:

@@ -26,6 +26,16 @@ def add_project_keys(cfg: CN) -> None:
     # run writes 54 checkpoints of ~366 MB (20 GB) with CHECKPOINT_PERIOD 10000; 3 keep ~1.1 GB.
     cfg.SOLVER.CHECKPOINT_KEEP = 3
 
+    # --- datasets (rethink.data.user_datasets) ------------------------------------------------------------
+    # Your own COCO-format datasets, by their files: a list of [name, json, image_root] (image_root may be left
+    # out: then it is found beside the json), e.g. (("mine_train", "/data/mine/train.json", "/data/mine/images"),).
+    # Each name is then usable in DATASETS.TRAIN / DATASETS.TEST, and its subsets by name (mine_train_1of10_s0).
+    # The config travels with every rank and every SLURM / local job, so the registration does too.
+    # (A DATASETS.TRAIN / TEST entry ending in .json is a dataset by path, without a name.)
+    # MODEL.ROI_HEADS.NUM_CLASSES 0 means "from the data": the number of categories of the first DATASETS.TRAIN
+    # json (of DATASETS.TEST when there is none), resolved when the run starts; the saved config.yaml keeps 0.
+    cfg.DATASETS.REGISTER = ()
+
     # --- initial weights (rethink.weights.load) -----------------------------------------------------------
     # Smallest fraction of the model's backbone (ResNet body) tensors that MODEL.WEIGHTS must fill, by name
     # and shape, for the load to go ahead: below it the load is refused, naming the file, how many matched

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, Tuple
 
 from fvcore.common.config import CfgNode
 
+from ..utils.usererrors import UserError
 from .defaults import _C, get_cfg
 from .schedule import schedule_steps
 
@@ -58,7 +59,7 @@ IMPLEMENTED = (
     "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
     "INPUT.MAX_SIZE_TEST", "INPUT.RANDOM_FLIP", "INPUT.FORMAT", "INPUT.MASK_FORMAT",
     "INPUT.CROP",  # RandomCrop before the resize (rethink.data.transforms), training only
-    "DATASETS.TRAIN", "DATASETS.TEST",
+    "DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.REGISTER",  # REGISTER: project key (your own datasets by path)
     "DATALOADER.NUM_WORKERS", "DATALOADER.ASPECT_RATIO_GROUPING", "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
     # solver, schedule (SCHEDULE, SCHEDULE_UNIT, REFERENCE_IMS_PER_BATCH, CHECKPOINT_ITERS: project keys)
     "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "SOLVER.MOMENTUM", "SOLVER.NESTEROV", "SOLVER.WEIGHT_DECAY",
@@ -122,7 +123,7 @@ NOT_IMPLEMENTED = {
     "VIS_PERIOD": "training-batch visualisation is not implemented",
 }
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     """A config file or override is invalid; the message names the key and where it was set."""
 
 
@@ -188,6 +189,15 @@ def validate(cfg: CfgNode, origins: Dict[str, str]) -> None:
             fail(key, f"{NOT_IMPLEMENTED[group]}; only detectron2's default {default!r} is accepted")
 
     one_of("MODEL.BACKBONE.NAME", ["build_resnet_fpn_backbone"])
+    # NUM_CLASSES 0 = from the data: the categories of the first DATASETS.TRAIN json, resolved at the run's start
+    # (rethink.engine.defaults.resolve_num_classes); detectron2's configs set it explicitly (80 for COCO)
+    if not isinstance(cfg.MODEL.ROI_HEADS.NUM_CLASSES, int) or cfg.MODEL.ROI_HEADS.NUM_CLASSES < 0:
+        fail("MODEL.ROI_HEADS.NUM_CLASSES", "the number of categories, or 0 to take it from the training json")
+    for i, entry in enumerate(cfg.DATASETS.REGISTER):
+        if not (isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and all(isinstance(x, str) and x
+                                                                                   for x in entry[:2])):
+            fail("DATASETS.REGISTER", f"entry {i} {entry!r}: each entry is [name, json, image_root] (strings; "
+                                      f"image_root may be left out to find the images beside the json)")
     one_of("MODEL.ROI_HEADS.NAME", ["StandardROIHeads", "CascadeROIHeads"])
     if cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads":
         c = cfg.MODEL.ROI_BOX_CASCADE_HEAD

@@ -16,7 +16,9 @@ Built in (paths resolved when asked for, so the environment may change after imp
 * ``synthetic_coco_train`` / ``synthetic_coco_val``: a small generated dataset (rethink.data.synthetic,
   96 + 24 images), created on first use in ``$RETHINK_CACHE/synthetic/``; for smoke tests.
   ``synthetic_demo_train`` / ``synthetic_demo_val``: the same generator with 768 + 96 images (the demo).
-* Anything registered with :func:`register_coco_instances`.
+* Anything registered with :func:`register_coco_instances`, or named in the config's
+  ``DATASETS.REGISTER`` (:func:`register_config_datasets`); a json path as the dataset itself; subsets
+  that tools/make_subsets.py wrote, by name (see :mod:`rethink.data.user_datasets`).
 """
 import difflib
 import logging
@@ -25,8 +27,16 @@ import re
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import DatasetError, DatasetNotFoundError
-from .subsets import Selection, ensure_subset
+from .subsets import Selection, ensure_subset, read_manifest, subset_paths, verify_subset
 from .synthetic import DEMO_NUM_IMAGES, DEMO_NUM_VAL, ensure_builtin_synthetic
+from .user_datasets import (
+    REGISTER_KEY,
+    absolute,
+    config_registrations,
+    find_image_root,
+    is_json_path,
+    recorded_image_root,
+)
 from .voc import is_voc_dataset, voc_dataset_files, voc_names
 
 logger = logging.getLogger(__name__)
@@ -42,7 +52,8 @@ SYNTHETIC_SIZES: Dict[str, Tuple[Optional[int], Optional[int]]] = {
 SYNTHETIC_NAMES = tuple(f"{base}_{split}" for base in SYNTHETIC_SIZES for split in ("train", "val"))
 SUBSET_RE = re.compile(r"^(?P<base>.+)_(?P<sel>\d+of\d+|\d+(?:\.\d+)?k|\d+)_s(?P<seed>\d+)$")
 
-_REGISTERED: Dict[str, Tuple[str, str]] = {}
+_REGISTERED: Dict[str, Tuple[str, str]] = {}  # name -> (json, image root; "" = find it beside the json)
+_ORIGIN: Dict[str, str] = {}  # name -> what registered it (for messages)
 
 
 class DatasetSpec(NamedTuple):
@@ -50,7 +61,7 @@ class DatasetSpec(NamedTuple):
     json_file: str
     image_root: str
     name: str
-    kind: str  # "builtin", "registered", "subset" or "synthetic"
+    kind: str  # "builtin", "registered", "subset", "synthetic" or "path"
     parent: Optional[str] = None  # subsets: the dataset they were drawn from
     manifest: Optional[str] = None  # subsets: the manifest json beside the subset json
     evaluator_type: str = "coco"  # "coco" or "pascal_voc" (detectron2's metadata evaluator_type); subsets inherit
@@ -65,25 +76,43 @@ def datasets_root() -> Tuple[str, str]:
             "the default ./datasets (neither $RETHINK_DATASETS nor $DETECTRON2_DATASETS is set)")
 
 
-def register_coco_instances(name: str, json_file: str, image_root: str, overwrite: bool = False) -> None:
+def register_coco_instances(name: str, json_file: str, image_root: str, overwrite: bool = False,
+                            origin: str = "register_coco_instances") -> None:
     """Register a COCO-format instance dataset under `name` (usable in DATASETS.TRAIN/TEST, and its
-    subsets as ``<name>_1of10_s0`` etc.). Registering the same paths again is a no-op."""
+    subsets as ``<name>_1of10_s0`` etc.). Registering the same paths again is a no-op. An empty
+    `image_root` is found beside the json when first used (rethink.data.user_datasets)."""
     if not name or not isinstance(name, str):
-        raise ValueError(f"register_coco_instances: bad dataset name {name!r}")
+        raise ValueError(f"{origin}: bad dataset name {name!r}")
     if name in BUILTIN_COCO or name in SYNTHETIC_NAMES:
-        raise DatasetError(f"register_coco_instances: {name} is a built-in dataset name; choose another name")
-    if SUBSET_RE.match(name):
-        raise DatasetError(f"register_coco_instances: {name} looks like a subset name (<base>_<1of10|10k>_s<seed>); "
+        raise DatasetError(f"{origin}: {name} is a built-in dataset name; choose another name")
+    if SUBSET_RE.match(name) or is_json_path(name):
+        raise DatasetError(f"{origin}: {name} looks like a subset name (<base>_<1of10|10k>_s<seed>) or a json path; "
                            f"choose another name")
-    entry = (os.path.abspath(os.path.expanduser(json_file)), os.path.abspath(os.path.expanduser(image_root)))
+    entry = (absolute(json_file), absolute(image_root))
     if name in _REGISTERED and _REGISTERED[name] != entry and not overwrite:
-        raise DatasetError(f"register_coco_instances: dataset {name} is already registered with {_REGISTERED[name]}, "
-                           f"not {entry} (pass overwrite=True to replace it)")
+        raise DatasetError(f"{origin}: dataset {name} is already registered with {_REGISTERED[name]} "
+                           f"({_ORIGIN.get(name)}), not {entry} (pass overwrite=True to replace it)")
+    if name in _REGISTERED and _REGISTERED[name] != entry:
+        logger.info("dataset %s: %s replaces %s (%s)", name, entry, _REGISTERED[name], _ORIGIN.get(name))
     _REGISTERED[name] = entry
+    _ORIGIN[name] = origin
+
+
+def register_config_datasets(cfg_or_entries) -> List[str]:
+    """Register the datasets a config names in DATASETS.REGISTER (a config, or the entries themselves);
+    they replace earlier registrations of the same names (a process may run several configs in turn).
+    Returns the names. Every rank and every process that resolves a run's datasets calls this first."""
+    entries = cfg_or_entries.DATASETS.REGISTER if hasattr(cfg_or_entries, "DATASETS") else cfg_or_entries
+    names = []
+    for name, json_file, image_root in config_registrations(entries):
+        register_coco_instances(name, json_file, image_root, overwrite=True, origin=REGISTER_KEY)
+        names.append(name)
+    return names
 
 
 def unregister(name: str) -> None:
     _REGISTERED.pop(name, None)
+    _ORIGIN.pop(name, None)
 
 
 def list_datasets() -> List[str]:
@@ -109,19 +138,48 @@ def _builtin_spec(name: str) -> DatasetSpec:
     return DatasetSpec(json_file, image_root, name, "builtin")
 
 
-def _registered_spec(name: str) -> DatasetSpec:
+def _registered_spec(name: str, create: bool = True) -> DatasetSpec:
     json_file, image_root = _REGISTERED[name]
+    origin = _ORIGIN.get(name, "register_coco_instances")
     if not os.path.isfile(json_file):
         raise DatasetNotFoundError(f"dataset {name}: annotation file {json_file} not found (registered with "
-                                   f"register_coco_instances)")
+                                   f"{origin})")
+    if image_root and not os.path.isdir(image_root):
+        raise DatasetNotFoundError(f"dataset {name} ({json_file}): image folder {image_root} not found (registered "
+                                   f"with {origin})")
+    if not image_root and create:  # not named: found beside the json (parses it)
+        image_root = find_image_root(json_file, name)
     return DatasetSpec(json_file, image_root, name, "registered")
+
+
+def _path_spec(path: str, create: bool = True) -> DatasetSpec:
+    """A DATASETS.TRAIN / TEST entry that is a json path: the file itself, images found beside it."""
+    json_file = absolute(path)
+    if not os.path.isfile(json_file):
+        raise DatasetNotFoundError(f"dataset {path}: annotation file {json_file} not found (a DATASETS.TRAIN / "
+                                   f"DATASETS.TEST entry ending in .json is the path of a COCO-format json)")
+    return DatasetSpec(json_file, find_image_root(json_file, path) if create else "", path, "path")
+
+
+def _made_subset_spec(name: str, base: str, sel: Selection, seed: int) -> Optional[DatasetSpec]:
+    """A subset of an unregistered base that tools/make_subsets.py wrote into the cache (its manifest
+    names the source json and the image folder); None when there is none."""
+    json_file, manifest = subset_paths(base, sel, seed)
+    if not (os.path.isfile(json_file) and os.path.isfile(manifest)):
+        return None
+    source = read_manifest(manifest)["source"]["path"]
+    verify_subset(json_file, manifest, source)
+    image_root = recorded_image_root(manifest) or find_image_root(source, base)
+    return DatasetSpec(json_file, image_root, name, "subset", source, manifest)
 
 
 def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
     """Resolve a dataset name to its files. Subset and synthetic datasets are created on first use
     (unless create=False, then a missing one is a DatasetNotFoundError)."""
+    if is_json_path(name):
+        return _path_spec(name, create)
     if name in _REGISTERED:
-        return _registered_spec(name)
+        return _registered_spec(name, create)
     if name in BUILTIN_COCO:
         return _builtin_spec(name)
     if name in SYNTHETIC_NAMES:
@@ -136,12 +194,22 @@ def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
               or is_voc_dataset(m.group("base"))):
         parent = get_dataset_spec(m.group("base"), create=create)
         sel = Selection.parse(m.group("sel"))
-        json_file, manifest = ensure_subset(parent.json_file, parent.name, sel, int(m.group("seed")), create=create)
+        json_file, manifest = ensure_subset(parent.json_file, parent.name, sel, int(m.group("seed")), create=create,
+                                            image_root=parent.image_root)
         return DatasetSpec(json_file, parent.image_root, name, "subset", parent.name, manifest,
                            parent.evaluator_type)
+    try:
+        sel = Selection.parse(m.group("sel")) if m else None
+    except ValueError:
+        sel = None
+    made = _made_subset_spec(name, m.group("base"), sel, int(m.group("seed"))) if sel else None
+    if made is not None:
+        return made
     known = list_datasets()
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise DatasetNotFoundError(
         f"unknown dataset {name!r}.{hint} Known: {', '.join(known)}; subsets of these as "
-        f"<name>_<1of3|1of10|1of100|35k|10k|3.5k|1k>_s<seed>; or register one with register_coco_instances().")
+        f"<name>_<1of3|1of10|1of100|35k|10k|3.5k|1k>_s<seed>. Your own COCO-format dataset: give the path of its "
+        f"json (an entry ending in .json), or name it with {REGISTER_KEY} '((\"{name}\", \"/path/to/instances.json\", "
+        f"\"/path/to/images\"),)'.")

@@ -1,7 +1,8 @@
 """The data package's errors: every message names the file and the id (image / annotation / category)."""
+from ..utils.usererrors import UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(ValueError, UserError):
     """Bad or missing data. The message names the file and the id (image / annotation / category)."""
 
 

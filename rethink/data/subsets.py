@@ -18,7 +18,10 @@ manifest ``<name>.manifest.json`` beside it::
 
     {"format": 1, "name", "file", "source": {"path", "sha256", "size"}, "seed", "fraction": "1/10" | null,
      "count": 10000 | null, "selection": <the rule above>, "num_eligible", "num_images",
-     "num_annotations", "sha256": <of the subset json>}
+     "num_annotations", "sha256": <of the subset json>, "image_root": <the source's image folder> | null}
+
+The image folder lets the catalog find a subset made from a json that no dataset name stands for
+(``tools/make_subsets.py --json my.json --name mine``: ``mine_1of10_s0``) by its name alone.
 
 On reuse both are checked: if the source's sha256 differs from the manifest's, or the subset json's
 from the recorded one, that is an ERROR (not a silent regeneration: a paper run must not change its
@@ -144,7 +147,7 @@ def _load_source(source_json: str):
 
 
 def _write_subset(data, source_json: str, source_sha: str, eligible: np.ndarray, base: str, sel: Selection,
-                  seed: int, out_dir: Optional[str]) -> Tuple[str, str]:
+                  seed: int, out_dir: Optional[str], image_root: Optional[str] = None) -> Tuple[str, str]:
     json_path, manifest_path = subset_paths(base, sel, seed, out_dir)
     chosen = choose_image_ids(eligible, sel, seed)
     chosen_set = set(chosen.tolist())
@@ -169,11 +172,24 @@ def _write_subset(data, source_json: str, source_sha: str, eligible: np.ndarray,
         "num_images": len(out["images"]),
         "num_annotations": len(out["annotations"]),
         "sha256": digest,
+        "image_root": os.path.abspath(image_root) if image_root else None,
     }
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
     logger.info("wrote subset %s: %d images, %d annotations -> %s", manifest["name"], manifest["num_images"],
                 manifest["num_annotations"], json_path)
     return json_path, manifest_path
+
+
+def read_manifest(manifest_path: str) -> dict:
+    """A subset's manifest; DatasetError naming it when it cannot be read."""
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        manifest["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{manifest_path}: unreadable subset manifest ({e}); delete it and the subset json "
+                           f"beside it to have them made again") from None
+    return manifest
 
 
 def verify_subset(json_path: str, manifest_path: str, source_json: str) -> dict:
@@ -199,9 +215,11 @@ def verify_subset(json_path: str, manifest_path: str, source_json: str) -> dict:
 
 
 def make_subsets(source_json: str, base: str, selections: Sequence[Selection], seeds: Sequence[int] = (0,),
-                 out_dir: Optional[str] = None, force: bool = False) -> List[Tuple[str, str]]:
+                 out_dir: Optional[str] = None, force: bool = False,
+                 image_root: Optional[str] = None) -> List[Tuple[str, str]]:
     """Create the subsets (all `selections` x `seeds`) of `source_json`, parsing it once. Existing
-    ones are verified and kept unless `force`. Returns [(json, manifest)]."""
+    ones are verified and kept unless `force`. `image_root`: the source's image folder, recorded in
+    the manifest. Returns [(json, manifest)]."""
     source_json = os.path.abspath(source_json)
     if not os.path.isfile(source_json):
         raise DatasetNotFoundError(f"{source_json}: annotation file not found (source of the {base} subsets)")
@@ -217,13 +235,13 @@ def make_subsets(source_json: str, base: str, selections: Sequence[Selection], s
                     if loaded is None:
                         loaded = _load_source(source_json)
                     data, sha, eligible = loaded
-                    _write_subset(data, source_json, sha, eligible, base, sel, seed, out_dir)
+                    _write_subset(data, source_json, sha, eligible, base, sel, seed, out_dir, image_root)
             results.append((json_path, manifest_path))
     return results
 
 
 def ensure_subset(source_json: str, base: str, sel: Selection, seed: int, out_dir: Optional[str] = None,
-                  create: bool = True) -> Tuple[str, str]:
+                  create: bool = True, image_root: Optional[str] = None) -> Tuple[str, str]:
     """The subset's (json, manifest), verified; created first if missing (one process at a time)."""
     json_path, manifest_path = subset_paths(base, sel, seed, out_dir)
     if os.path.isfile(manifest_path) and os.path.isfile(json_path):
@@ -232,4 +250,4 @@ def ensure_subset(source_json: str, base: str, sel: Selection, seed: int, out_di
     if not create:
         raise DatasetNotFoundError(f"subset {subset_name(base, sel, seed)} not found: looked for {json_path} and "
                                    f"{manifest_path}; create it with tools/make_subsets.py")
-    return make_subsets(source_json, base, [sel], [seed], out_dir)[0]
+    return make_subsets(source_json, base, [sel], [seed], out_dir, image_root=image_root)[0]

@@ -3,7 +3,9 @@ a final one, and the pointer naming the one a resume starts from), all written a
 then rename), so a crash never leaves a truncated checkpoint or a pointer to a missing one.
 
 A checkpoint holds the model (without DDP's "module." prefix), the optimizer, the number of
-completed iterations, the seed, and the RNG states of this rank.
+completed iterations, the seed, the RNG states of this rank, and the categories the model predicts
+(``[{"id", "name"}]``, label i = entry i - 1: an evaluation maps labels back to a test json's ids
+with them, rethink.data.categories).
 
 A resume starts every rank from the same file: rank 0 chooses it (the one `last_checkpoint` names,
 else the newest present), reads it whole and checks that it loads; a damaged one (truncated, garbage,
@@ -59,8 +61,10 @@ class Checkpointer:
     points that shorter schedules branch from, SOLVER.CHECKPOINT_ITERS); the final one is never removed."""
 
     def __init__(self, model, output_dir: str, optimizer=None, save_to_disk: bool = True, scaler=None,
-                 keep: int = 0, protected=()):
+                 keep: int = 0, protected=(), categories: Optional[List[dict]] = None):
         self.model, self.optimizer, self.output_dir, self.save_to_disk = model, optimizer, output_dir, save_to_disk
+        self.categories = categories  # saved with every checkpoint (the training set's)
+        self.loaded_categories: Optional[List[dict]] = None  # those of the checkpoint / weights file loaded
         self.scaler = scaler  # AMP GradScaler: its scale must survive a resume too
         self.keep, self.protected = int(keep), {int(k) for k in protected}
         self.run = RunDir(output_dir)
@@ -75,6 +79,8 @@ class Checkpointer:
         if not self.save_to_disk:
             return None
         data = {"model": unwrap(self.model).state_dict(), "iteration": iteration, "rng": rng_state(), **extra}
+        if self.categories:
+            data["categories"] = [{"id": int(c["id"]), "name": str(c["name"])} for c in self.categories]
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scaler is not None:
@@ -162,6 +168,11 @@ class Checkpointer:
             self.scaler.load_state_dict(data["scaler"])
         if "rng" in data:
             set_rng_state(data["rng"])
+        self.loaded_categories = data.get("categories")
+        if self.categories and self.loaded_categories and [c["id"] for c in self.categories] != \
+                [c["id"] for c in self.loaded_categories]:
+            logger.warning("%s was trained on categories %s, the training set has %s", path,
+                           [c["id"] for c in self.loaded_categories], [c["id"] for c in self.categories])
         logger.info("Resumed from %s (iteration %d)", path, data.get("iteration", 0))
         return data
 
@@ -187,7 +198,7 @@ class Checkpointer:
                 return int(self.load_checkpoint(choice["path"], data).get("iteration", 0))
             logger.info("No checkpoint in %s: starting from MODEL.WEIGHTS", self.output_dir)
         if weights:
-            load_weights(unwrap(self.model), weights, min_backbone_match)
+            self.loaded_categories = load_weights(unwrap(self.model), weights, min_backbone_match).categories
         return 0
 
     def _agree(self, path: str, digest: str, data: Optional[dict]) -> dict:

@@ -15,12 +15,15 @@ import torch
 
 from ..config import describe_schedule, load_config
 from ..data import check_datasets
+from ..data.catalog import register_config_datasets
+from ..data.categories import num_classes_from_data
 from ..modeling import build_model
 from ..utils.atomic import atomic_write_text
 from ..utils.logger import setup_logging
 from ..utils.rundir import RunDir
 from ..utils.runlock import RunDirBusy
 from ..utils.signals import StopRequest
+from ..weights import WeightsError, resolve_weights_path
 from . import comm
 from .checkpoint import Checkpointer
 from .ownership import RunDirMismatch, claim_run_dir
@@ -41,6 +44,8 @@ def default_argument_parser(description: str = "Train or evaluate Mask R-CNN (re
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate MODEL.WEIGHTS (or, with --resume, the last checkpoint); writes eval_results.json")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="with --eval-only and no MODEL.WEIGHTS: evaluate the randomly initialised model anyway")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                    help="config overrides, e.g. SOLVER.IMS_PER_BATCH 8")
     return p
@@ -76,11 +81,25 @@ def load_run_config(config_path: str, overrides, resume: bool = False):
     return cfg
 
 
-def check_run(cfg, eval_only: bool = False) -> None:
-    """Fail fast, before any rank starts: the datasets (rethink.data.preflight: annotation files found,
-    parsed and not empty, every image file present; errors name the json and list the missing files),
-    then a CUDA device that is not there."""
-    check_datasets([] if eval_only else list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TEST))
+def check_run(cfg, eval_only: bool = False, resume: bool = False, allow_random_weights: bool = True) -> None:
+    """Fail fast, before any rank starts: the datasets (DATASETS.REGISTER registered; rethink.data.preflight:
+    annotation files found, parsed and not empty, every image file present, as many categories as
+    MODEL.ROI_HEADS.NUM_CLASSES; errors name the json and list the missing files), MODEL.WEIGHTS (the file
+    is there, unless a --resume starts from a checkpoint; with `eval_only` and not `allow_random_weights`,
+    an evaluation of no weights at all is refused), then a CUDA device that is not there."""
+    register_config_datasets(cfg)
+    check_datasets([] if eval_only else list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TEST),
+                   num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    run = RunDir(cfg.OUTPUT_DIR)
+    from_checkpoint = resume and (bool(run.checkpoints()) or os.path.isfile(run.final_checkpoint))
+    if cfg.MODEL.WEIGHTS and not from_checkpoint:
+        resolve_weights_path(cfg.MODEL.WEIGHTS)  # FileNotFoundError / WeightsError naming the file
+    if eval_only and not cfg.MODEL.WEIGHTS and not from_checkpoint and not allow_random_weights:
+        where = f" and no checkpoint in {cfg.OUTPUT_DIR}" if resume else ""
+        raise WeightsError(
+            f"--eval-only with MODEL.WEIGHTS empty{where}: that would evaluate a randomly initialised model (every AP "
+            f"about 0). Give MODEL.WEIGHTS <file> (e.g. {os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}), or "
+            f"--resume to evaluate the last checkpoint of OUTPUT_DIR, or --allow-random-weights to evaluate it anyway")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available; "
                            "add `MODEL.DEVICE cpu` to run on the CPU")
@@ -101,12 +120,27 @@ def setup_torch_backends(cfg, eval_only: bool = False) -> None:
                     torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
 
 
+def resolve_num_classes(cfg):
+    """`cfg` with MODEL.ROI_HEADS.NUM_CLASSES 0 ("from the data") replaced by the category count of the
+    first DATASETS.TRAIN dataset (DATASETS.TEST's without one); `cfg` itself otherwise. The datasets of
+    DATASETS.REGISTER must be registered (default_setup does it)."""
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes_from_data(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
+    cfg.freeze()
+    return cfg
+
+
 def default_setup(cfg, eval_only: bool = False):
-    """This rank's set-up, first thing in every rank: logging to the run's log file, torch flags, rank
-    0's SEED on every rank, CPU threads; for a training, rank 0 claims OUTPUT_DIR (engine.ownership:
-    lock, fingerprint, clean-up; a refusal raises on every rank); rank 0 saves the resolved config.
-    Returns the config (with the agreed SEED)."""
+    """This rank's set-up, first thing in every rank: logging to the run's log file, the datasets of
+    DATASETS.REGISTER registered, torch flags, rank 0's SEED on every rank, CPU threads; for a training,
+    rank 0 claims OUTPUT_DIR (engine.ownership: lock, fingerprint, clean-up; a refusal raises on every
+    rank); rank 0 saves the resolved config (as written: NUM_CLASSES 0 stays 0 there, as in the
+    fingerprint). Returns the config (with the agreed SEED, and NUM_CLASSES 0 resolved from the data)."""
     setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+    register_config_datasets(cfg)
     setup_torch_backends(cfg, eval_only)
     seed = comm.broadcast(cfg.SEED)  # ranks started separately (torchrun, SLURM) may have drawn their own
     if seed != cfg.SEED:
@@ -129,7 +163,7 @@ def default_setup(cfg, eval_only: bool = False):
         atomic_write_text(RunDir(cfg.OUTPUT_DIR).config_file, cfg.dump())
         logger.info("Run %s: world size %d, device %s, seed %d", cfg.OUTPUT_DIR, comm.get_world_size(),
                     cfg.MODEL.DEVICE, cfg.SEED)
-    return cfg
+    return resolve_num_classes(cfg)
 
 
 def save_eval_results(cfg, results) -> None:
@@ -148,12 +182,12 @@ def main_worker(cfg, resume: bool = False, eval_only: bool = False):
     if eval_only:
         device = torch.device(cfg.MODEL.DEVICE)
         model = build_model(cfg).to(device)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume,
-                                                          cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
+        checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume, cfg.MODEL.WEIGHTS_MIN_BACKBONE_MATCH)
         # a stop signal ends the evaluation after the batch in progress: EvaluationStopped (exit code 128 +
         # the signal, as a stopped training), no eval results file
         with StopRequest("stopping the evaluation after the batch in progress; no results are written"):
-            results = evaluate(cfg, model, device)
+            results = evaluate(cfg, model, device, categories=checkpointer.loaded_categories)
         save_eval_results(cfg, results)
         return results
     trainer = Trainer(cfg)

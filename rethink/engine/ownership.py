@@ -9,11 +9,12 @@ from typing import Optional
 from ..utils.fingerprint import config_fingerprint, fingerprint_diff
 from ..utils.rundir import RunDir
 from ..utils.runlock import lock_run_dir
+from ..utils.usererrors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class RunDirMismatch(RuntimeError):
+class RunDirMismatch(RuntimeError, UserError):
     pass
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
+from ..data.categories import dataset_categories, label_to_category_id
 from ..evaluation.build import build_evaluator
 from ..modeling import build_model
 from ..modeling.tta import GeneralizedRCNNWithTTA
@@ -64,9 +65,11 @@ class Trainer(TrainerBase):
         self.amp_dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE)
         # float16 needs its losses scaled; bfloat16 has float32's exponent range and does not
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_dtype == torch.float16 else None
+        # the categories the model learns (label i = entry i - 1), kept in every checkpoint
+        self.categories = dataset_categories(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, self.optimizer, save_to_disk=comm.is_main_process(),
                                          scaler=self.scaler, keep=cfg.SOLVER.CHECKPOINT_KEEP,
-                                         protected=cfg.SOLVER.CHECKPOINT_ITERS)
+                                         protected=cfg.SOLVER.CHECKPOINT_ITERS, categories=self.categories)
         self.max_iter = cfg.SOLVER.MAX_ITER
         self._pending_losses: List[Dict[str, torch.Tensor]] = []
 
@@ -158,7 +161,7 @@ class Trainer(TrainerBase):
         """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0. With
         TEST.AUG.ENABLED the final evaluation (at SOLVER.MAX_ITER) adds test-time augmentation's."""
         tta = self.cfg.TEST.AUG.ENABLED and self.completed >= self.max_iter
-        return evaluate(self.cfg, unwrap(self.model), self.device, tta=tta)
+        return evaluate(self.cfg, unwrap(self.model), self.device, tta=tta, categories=self.categories)
 
 
 class _LossInputs:
@@ -227,17 +230,25 @@ def inference_on_dataset(model, loader, evaluator, device) -> dict:
     return evaluator.evaluate()
 
 
-def evaluate(cfg, model, device, tta: Optional[bool] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+def evaluate(cfg, model, device, tta: Optional[bool] = None,
+             categories: Optional[List[dict]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{dataset: {"bbox": {...}, "segm": {...}}} on rank 0 ({} elsewhere). With `tta` (default
     TEST.AUG.ENABLED) the model wrapped in test-time augmentation (modeling/tta.py) is evaluated too,
-    its tasks under detectron2's suffix: {"bbox_TTA": {...}, "segm_TTA": {...}} (flat "bbox_TTA/AP")."""
+    its tasks under detectron2's suffix: {"bbox_TTA": {...}, "segm_TTA": {...}} (flat "bbox_TTA/AP").
+    `categories`: what the model was trained on ([{"id", "name"}] by label: the training set's, or a
+    checkpoint's); each test json's ids are matched to them (data.categories.label_to_category_id), so a
+    test json that numbers or orders them differently is evaluated right. None: the test json's sorted ids."""
     tta = cfg.TEST.AUG.ENABLED if tta is None else tta
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     results = {}
     for name in cfg.DATASETS.TEST:
         loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())
-        evaluator = build_evaluator(get_dataset_spec(name), cfg.TEST.EVALUATOR, tasks, gather=comm.gather_to_main,
-                                    is_main=comm.is_main_process())  # COCO AP, or VOC mAP for VOC datasets
+        spec = get_dataset_spec(name)
+        coco = getattr(spec, "evaluator_type", "coco") == "coco"
+        evaluator = build_evaluator(spec, cfg.TEST.EVALUATOR, tasks, gather=comm.gather_to_main,
+                                    is_main=comm.is_main_process(),  # COCO AP, or VOC mAP for VOC datasets
+                                    contiguous_to_cat=label_to_category_id(categories, dataset_categories(name),
+                                                                           spec.json_file) if coco else None)
         results[name] = inference_on_dataset(model, loader, evaluator, device)
         if tta:
             logger.info("Running inference with test-time augmentation on %s ...", name)

@@ -11,9 +11,10 @@ import time
 from typing import Dict
 
 from .rundir import RunDir
+from .usererrors import UserError
 
 
-class RunDirBusy(RuntimeError):
+class RunDirBusy(RuntimeError, UserError):
     pass
 
 

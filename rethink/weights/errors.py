@@ -1,7 +1,8 @@
 """Why MODEL.WEIGHTS cannot be used."""
+from ..utils.usererrors import UserError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RuntimeError, UserError):
     """MODEL.WEIGHTS cannot be used: unreadable file, nothing matching the model, bad path."""
 
 

@@ -101,6 +101,7 @@ class LoadReport:
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)  # (key, file, model)
     dropped: List[str] = field(default_factory=list)  # file keys left out on purpose (classifier, junk)
     sources: Dict[str, str] = field(default_factory=dict)  # matched model key -> file key
+    categories: Optional[List[dict]] = None  # what the model was trained on, when the file keeps it (our checkpoints)
 
 
 def group_keys(keys: Iterable[str]) -> List[str]:
@@ -233,7 +234,7 @@ def load_weights(model: nn.Module, path: str, min_backbone_match: Optional[float
     state = model.state_dict()
     _check_norms(model, conv.tensors, conv.sources, resolved, body_prefix)
 
-    report = LoadReport(path=resolved, format=weights.format)
+    report = LoadReport(path=resolved, format=weights.format, categories=weights.categories)
     report.dropped = sorted(conv.dropped + weights.skipped)
     unexpected = list(conv.unmapped)
     to_copy = {}

@@ -123,6 +123,8 @@ class Weights:
     tensors: Dict[str, torch.Tensor]
     skipped: List[str] = field(default_factory=list)  # entries that are not numeric arrays
     author: Optional[str] = None
+    # the category list a rethink checkpoint keeps ([{"id", "name"}], label i = entry i - 1), else None
+    categories: Optional[List[dict]] = None
 
 
 def read_weights(path: str) -> Weights:
@@ -150,4 +152,9 @@ def read_weights(path: str) -> Weights:
     fmt = _detect_naming(list(tensors))
     if author:
         logger.info("%s: written by %r", path, author)
-    return Weights(path=path, format=fmt, tensors=tensors, skipped=skipped, author=author)
+    categories = obj.get("categories")
+    if not (isinstance(categories, list) and all(isinstance(c, Mapping) and "id" in c for c in categories)):
+        categories = None
+    return Weights(path=path, format=fmt, tensors=tensors, skipped=skipped, author=author,
+                   categories=[{"id": int(c["id"]), "name": str(c.get("name", ""))} for c in categories]
+                   if categories else None)
