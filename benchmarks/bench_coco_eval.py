@@ -6,10 +6,12 @@ COCO-sized set, as ratios to pycocotools (the reference), with their agreement o
     python benchmarks/bench_coco_eval.py --threads 1          # hotcoco on one thread (RAYON_NUM_THREADS=1)
 
 Times, per backend: loading the GT json, then ``evaluate_coco_results`` for bbox and for segm (loadRes + evaluate +
-accumulate + summarize + per-category AP, exactly what ``COCOEvaluator.evaluate`` runs per task). ``--repeat N``
-runs each evaluation N times and reports the median. Speed-up = pycocotools seconds / backend seconds. The last
-columns compare each backend's 12 summary statistics and per-category AP with pycocotools' ("identical" = equal
-as float64 numbers).
+accumulate + summarize + per-category AP, exactly what ``COCOEvaluator.evaluate`` runs per task), then "bbox from
+outputs": the whole ``COCOEvaluator`` on boxes, from the model's outputs (per image: float32 XYXY boxes, scores and
+labels as torch tensors) through ``process`` (turning them into COCO results) and ``evaluate``, as an evaluation
+during training runs it. ``--repeat N`` runs each evaluation N times and reports the median. Speed-up = pycocotools
+seconds / backend seconds. The last columns compare each backend's 12 summary statistics and per-category AP with
+pycocotools' ("identical" = equal as float64 numbers).
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ import time
 
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
 
-from rethink.evaluation import BACKENDS, REFERENCE_BACKEND, evaluate_coco_results, load_coco_gt
+from rethink.evaluation import BACKENDS, REFERENCE_BACKEND, COCOEvaluator, evaluate_coco_results, load_coco_gt
+from rethink.evaluation.coco import contiguous_id_map
 
 logger = logging.getLogger("bench_coco_eval")
 CAT_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]  # COCO's 80 category ids
@@ -87,6 +91,35 @@ def make_synthetic(num_images, instances, dets, seed=0, height=480, width=640):
     return gt, results
 
 
+def model_outputs(results, cat_ids):
+    """The detections of `results` as a model gives them: per image, torch float32 XYXY boxes, scores and contiguous
+    labels (1..K), without masks. Returns [(image_id, output)]."""
+    to_label = {c: k for k, c in contiguous_id_map(cat_ids).items()}
+    by_image = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    outputs = []
+    for image_id in sorted(by_image):
+        rs = by_image[image_id]
+        boxes = np.array([r["bbox"] for r in rs], dtype=np.float64)
+        boxes[:, 2:] += boxes[:, :2]
+        outputs.append((image_id, {"boxes": torch.tensor(boxes, dtype=torch.float32),
+                                   "scores": torch.tensor([r["score"] for r in rs], dtype=torch.float32),
+                                   "labels": torch.tensor([to_label[r["category_id"]] for r in rs])}))
+    return outputs
+
+
+def evaluate_outputs(gt_path, coco_gt, outputs, backend):
+    """COCOEvaluator on boxes from model outputs (process, then evaluate); the ground truth is loaded already."""
+    evaluator = COCOEvaluator(gt_path, backend=backend, tasks=("bbox",))
+    evaluator._coco_gt = coco_gt  # timed apart ("load GT")
+    evaluator.reset()
+    for image_id, output in outputs:
+        evaluator.process([image_id], [output])
+    evaluator.evaluate()
+    return evaluator
+
+
 def _compare(stats, ref_stats, metrics, ref_metrics) -> str:
     """'identical' or the largest difference (summary stats as fractions, per-category AP in percent)."""
     if stats.tolist() == ref_stats.tolist() and metrics == ref_metrics:
@@ -131,6 +164,8 @@ def main(argv=None):
         time.perf_counter() - tic, len(os.sched_getaffinity(0)), os.environ.get("RAYON_NUM_THREADS", "(all)"),
     )
     seconds, outcome = {}, {}
+    outputs = model_outputs(results, CAT_IDS)
+    from_outputs = "bbox from outputs"
     with tempfile.TemporaryDirectory() as tmp:
         gt_path = os.path.join(tmp, "gt.json")
         with open(gt_path, "w") as f:
@@ -149,12 +184,21 @@ def main(argv=None):
                 seconds[backend, task] = float(np.median(times))
                 outcome[backend, task] = res
                 logger.info("%s %s: %.2f s, AP %.3f", backend, task, seconds[backend, task], res.metrics["AP"])
-            del coco_gt
+            times = []
+            for _ in range(max(args.repeat, 1)):
+                tic = time.perf_counter()
+                evaluator = evaluate_outputs(gt_path, coco_gt, outputs, backend)
+                times.append(time.perf_counter() - tic)
+            seconds[backend, from_outputs] = float(np.median(times))
+            outcome[backend, from_outputs] = evaluator.stats["bbox"]
+            logger.info("%s %s: %.2f s, AP %.3f", backend, from_outputs, seconds[backend, from_outputs],
+                        100 * evaluator.stats["bbox"][0])
+            del coco_gt, evaluator
 
     ref = REFERENCE_BACKEND
     head = ["step"] + [f"{b} {versions[b]} s" for b in backends] + [f"{b} speed-up" for b in backends[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for step in ["load GT"] + list(args.tasks):
+    for step in ["load GT"] + list(args.tasks) + [from_outputs]:
         cells = [step] + [f"{seconds[b, step]:.2f}" for b in backends]
         cells += [f"{seconds[ref, step] / seconds[b, step]:.1f}x" for b in backends[1:]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -168,6 +212,9 @@ def main(argv=None):
         logger.info("  %s: AP %.3f; %s", task, r.metrics["AP"], "; ".join(
             f"{b} {_compare(outcome[b, task].stats, r.stats, outcome[b, task].metrics, r.metrics)}"
             for b in backends[1:]))
+    same = {b: outcome[b, from_outputs].tolist() == outcome[ref, from_outputs].tolist() for b in backends[1:]}
+    logger.info("  %s: AP %.3f; %s", from_outputs, 100 * outcome[ref, from_outputs][0], "; ".join(
+        f"{b} {'identical' if same[b] else 'DIFFERENT'} (12 summary statistics)" for b in backends[1:]))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump([{"backend": b, "step": s, "seconds": t, "speedup_vs_pycocotools": seconds[ref, s] / t}
