@@ -320,7 +320,7 @@ def test_local_sweep_on_a_dataset_named_by_path_ends_done(mine, tmp_path, capsys
             "exclude": [{"subset": "1of2", "MODEL.ROI_HEADS.NUM_CLASSES": 2}],
             "overrides": SHORT + ["DATASETS.TEST", repr((mine["val"],))],
             "resources": {"cpus_per_task": 1, "time": "00:20:00", "array_parallelism": 3}}
-    (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))  # run names in the axes' order
     submit = load_tool("launch/submit.py")
     capsys.readouterr()
     rc = submit.main(["--sweep", str(tmp_path / "own.yaml"), "--cluster", "local", "--wait"])
