@@ -8,6 +8,9 @@
     model_final.pth             checkpoint at the end (atomic)                           RunDir.final_checkpoint
     last_checkpoint             the file name of the checkpoint a resume starts from     RunDir.last_checkpoint()
     eval_results.json           what --eval-only writes: {"bbox/AP": ..., ...}           RunDir.eval_results_file
+    coco_instances_results.json the last evaluation's detections, COCO results format    RunDir.coco_results_file()
+      (.<test set>.json with several DATASETS.TEST; _TTA: test-time augmentation's)     RunDir.coco_results_files()
+    per_category_ap.json, .md   the last evaluation's AP per category (table in .md)     RunDir.per_category_ap_file()
     fork.json                   a schedule-fork branch's submission marker               RunDir.fork_marker
     fingerprint.json            the config values that define the run (utils/fingerprint) RunDir.fingerprint_file
     run.lock                    held (flock) by the training that writes here             RunDir.lock_file
@@ -38,6 +41,8 @@ METRICS = "metrics.jsonl"
 DETECTRON2_METRICS = "metrics.json"
 LAST_CHECKPOINT = "last_checkpoint"
 EVAL_RESULTS = "eval_results.json"
+COCO_RESULTS = "coco_instances_results"  # + [_TTA] + [.<test set>] + .json (detectron2's file name)
+PER_CATEGORY_AP = "per_category_ap"  # + .json / .md
 FORK_MARKER = "fork.json"
 FINGERPRINT = "fingerprint.json"
 LOCK = "run.lock"
@@ -46,6 +51,7 @@ CHECKPOINT_EXT = ".pth"
 FINAL_CHECKPOINT = "model_final"  # checkpoint names are file stems, as detectron2's Checkpointer.save(name) takes
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 _TEMP = re.compile(r"^\..+\.tmp$")  # utils.atomic's temporary files
+_COCO_RESULTS = re.compile(r"^coco_instances_results(_TTA)?(?:\.(.+))?\.json$")
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -96,6 +102,26 @@ class RunDir:
     @property
     def eval_results_file(self) -> str:
         return self.file(EVAL_RESULTS)
+
+    def coco_results_file(self, dataset: Optional[str] = None, tta: bool = False) -> str:
+        """Where an evaluation writes its detections (COCO results format): coco_instances_results.json for
+        the one test set (`dataset` None), coco_instances_results.<dataset>.json for each of several;
+        "_TTA" before the dot for the test-time-augmented model's. A dataset named by a path keeps only
+        letters, digits and ._- (others become _)."""
+        tail = "" if dataset is None else "." + re.sub(r"[^A-Za-z0-9._-]", "_", dataset)
+        return self.file(f"{COCO_RESULTS}{'_TTA' if tta else ''}{tail}.json")
+
+    def coco_results_files(self) -> List[Tuple[Optional[str], bool, str]]:
+        """(test set as in the file name or None, TTA?, path) of the results files present, sorted by name."""
+        if not os.path.isdir(self.path):
+            return []
+        found = [(m.group(2), bool(m.group(1)), self.file(n))
+                 for n, m in ((n, _COCO_RESULTS.match(n)) for n in sorted(os.listdir(self.path))) if m]
+        return found
+
+    def per_category_ap_file(self, ext: str = "json") -> str:
+        """The last evaluation's AP per category: "json" ({test set: {task: {category: AP}}}) or "md"."""
+        return self.file(f"{PER_CATEGORY_AP}.{ext}")
 
     @property
     def fork_marker(self) -> str:
