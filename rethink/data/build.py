@@ -26,6 +26,7 @@ from ..utils.signals import loader_context, loader_worker_signals
 from .catalog import get_dataset_spec
 from .coco import CocoDataset, check_same_categories
 from .errors import DatasetError
+from .keypoints import check_keypoints, visible_keypoints_per_image
 from .samplers import BatchStream, sample_generator
 from .transforms import DatasetMapper
 
@@ -46,9 +47,12 @@ def get_dataset(name: str, verify_images: bool = False) -> CocoDataset:
 
 
 class TrainingSet:
-    """The images of DATASETS.TRAIN that are trained on: global index i -> (dataset, image row)."""
+    """The images of DATASETS.TRAIN that are trained on: global index i -> (dataset, image row).
+    `num_keypoints` (MODEL.KEYPOINT_ON): each set must have that many keypoints per annotation, and images with
+    fewer than `min_keypoints` labelled ones are skipped (ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE)."""
 
-    def __init__(self, names, filter_empty: bool = True, verify_images: bool = False):
+    def __init__(self, names, filter_empty: bool = True, verify_images: bool = False, min_keypoints: int = 0,
+                 num_keypoints: Optional[int] = None):
         if not names:
             raise ValueError("DATASETS.TRAIN is empty")
         self.datasets = [get_dataset(n, verify_images) for n in names]
@@ -64,6 +68,16 @@ class TrainingSet:
                              "%s: skipping %d of %d images without usable non-crowd instances "
                              "(DATALOADER.FILTER_EMPTY_ANNOTATIONS)", ds.name, skipped, len(ds))
                 r = r[usable]
+            if num_keypoints is not None:
+                check_keypoints(ds, num_keypoints)
+            if num_keypoints is not None and min_keypoints > 0:
+                enough = visible_keypoints_per_image(ds.index)[r] >= min_keypoints
+                if not enough.all():
+                    log_once(logger, ("keypoints", ds.name, ds.index.sha256, min_keypoints), logging.INFO,
+                             "%s: skipping %d of %d images with fewer than %d labelled keypoints "
+                             "(MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE)", ds.name, int((~enough).sum()),
+                             len(r), min_keypoints)
+                r = r[enough]
             a = ds.index.a
             groups.append((np.asarray(a["width"])[r] <= np.asarray(a["height"])[r]).astype(np.uint8))
             ds_of.append(np.full(len(r), d, dtype=np.int64))
@@ -143,8 +157,10 @@ class TrainLoader:
         self.num_workers = int(cfg.DATALOADER.NUM_WORKERS)
         # pinned batches let the trainer's non_blocking copies to the GPU overlap with compute
         self.pin_memory = str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available()
+        k = cfg.MODEL.ROI_KEYPOINT_HEAD
         self.train_set = TrainingSet(list(cfg.DATASETS.TRAIN), bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
-                                     verify_images)
+                                     verify_images, k.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+                                     k.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else None)
         self.stream = BatchStream(len(self.train_set), B, self.seed,
                                   self.train_set.group_ids if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None)
         self.mapper = DatasetMapper(cfg, is_train=True)

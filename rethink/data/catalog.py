@@ -5,6 +5,10 @@ Built in (paths resolved when asked for, so the environment may change after imp
 * ``coco_2017_train``, ``coco_2017_val``: ``<root>/coco/annotations/instances_{train,val}2017.json`` with
   images in ``<root>/coco/{train,val}2017/``. ``<root>`` is ``$RETHINK_DATASETS``, else
   ``$DETECTRON2_DATASETS``, else ``./datasets``.
+* ``keypoints_coco_2017_train``, ``keypoints_coco_2017_val`` (detectron2's names): COCO person keypoints,
+  ``<root>/coco/annotations/person_keypoints_{train,val}2017.json`` with the same image folders.
+* ``synthetic_keypoints_train`` / ``synthetic_keypoints_val``: generated stick figures with COCO's 17 person
+  keypoints (rethink.data.synthetic_keypoints, 96 + 24 images), created on first use; for smoke tests.
 * PASCAL VOC, detectron2's names: ``voc_2007_{trainval,train,val,test}``, ``voc_2012_{trainval,train,val}``
   from ``<root>/VOC2007/`` and ``<root>/VOC2012/`` (devkit layout), and VOC-layout folders registered with
   ``rethink.data.voc.register_pascal_voc``; their XML is converted once to a COCO-format json in
@@ -29,6 +33,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from .errors import DatasetError, DatasetNotFoundError
 from .subsets import Selection, ensure_subset, read_manifest, subset_paths, verify_subset
 from .synthetic import DEMO_NUM_IMAGES, DEMO_NUM_VAL, ensure_builtin_synthetic
+from .synthetic_keypoints import ensure_synthetic_keypoints
 from .user_datasets import (
     REGISTER_KEY,
     absolute,
@@ -45,11 +50,15 @@ ROOT_ENVS = ("RETHINK_DATASETS", "DETECTRON2_DATASETS")
 BUILTIN_COCO: Dict[str, Tuple[str, str]] = {
     "coco_2017_train": ("coco/annotations/instances_train2017.json", "coco/train2017"),
     "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
+    "keypoints_coco_2017_train": ("coco/annotations/person_keypoints_train2017.json", "coco/train2017"),
+    "keypoints_coco_2017_val": ("coco/annotations/person_keypoints_val2017.json", "coco/val2017"),
 }
 # generated sets: base name -> (train images, val images), None = the generator's defaults (96 + 24)
 SYNTHETIC_SIZES: Dict[str, Tuple[Optional[int], Optional[int]]] = {
     "synthetic_coco": (None, None), "synthetic_demo": (DEMO_NUM_IMAGES, DEMO_NUM_VAL)}
-SYNTHETIC_NAMES = tuple(f"{base}_{split}" for base in SYNTHETIC_SIZES for split in ("train", "val"))
+SYNTHETIC_KEYPOINT_NAMES = ("synthetic_keypoints_train", "synthetic_keypoints_val")  # rethink.data.synthetic_keypoints
+SYNTHETIC_NAMES = tuple(f"{base}_{split}" for base in SYNTHETIC_SIZES for split in ("train", "val")) + \
+    SYNTHETIC_KEYPOINT_NAMES
 SUBSET_RE = re.compile(r"^(?P<base>.+)_(?P<sel>\d+of\d+|\d+(?:\.\d+)?k|\d+)_s(?P<seed>\d+)$")
 
 _REGISTERED: Dict[str, Tuple[str, str]] = {}  # name -> (json, image root; "" = find it beside the json)
@@ -184,7 +193,8 @@ def get_dataset_spec(name: str, create: bool = True) -> DatasetSpec:
         return _builtin_spec(name)
     if name in SYNTHETIC_NAMES:
         base, split = name.rsplit("_", 1)
-        paths = ensure_builtin_synthetic(create, *SYNTHETIC_SIZES[base])
+        paths = (ensure_synthetic_keypoints(create) if name in SYNTHETIC_KEYPOINT_NAMES
+                 else ensure_builtin_synthetic(create, *SYNTHETIC_SIZES[base]))
         return DatasetSpec(paths[split], paths["image_root_" + split], name, "synthetic")
     if is_voc_dataset(name):
         json_file, image_root = voc_dataset_files(name, *datasets_root(), create=create)

@@ -31,6 +31,9 @@ rle_off.npy            [R+1] int64            RLE r counts = rle_counts[off[r]:o
 rle_counts.npy         [Cb] uint8             compressed COCO RLE strings (uncompressed
                                               lists are converted with pycocotools)
 rle_size.npy           [R,2] int32            (h, w)
+keypoints.npy          [A,3K] float32         COCO keypoints x, y, v as in the json (integer pixel
+                                              indices; zeros where absent); K = 0 in a json without
+                                              keypoints, else the annotations' common K
 =====================  =====================  =================================================
 
 Validation at build (a :class:`DatasetError` naming the file and the id): malformed JSON (with the
@@ -60,12 +63,12 @@ from .errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keypoints
 SEG_NONE, SEG_POLYGON, SEG_RLE = 0, 1, 2
 ARRAYS = (
     "image_id", "file_name_blob", "file_name_off", "height", "width", "ann_start", "ann_count",
     "ann_id", "bbox", "category_id", "label", "iscrowd", "area", "seg_kind", "seg_start", "seg_count",
-    "poly_off", "poly_xy", "rle_off", "rle_counts", "rle_size",
+    "poly_off", "poly_xy", "rle_off", "rle_counts", "rle_size", "keypoints",
 )
 
 
@@ -141,8 +144,13 @@ def _check_categories(data, json_file):
         if c["id"] in seen:
             raise DatasetError(f"{json_file}: category id {c['id']} appears twice in 'categories'")
         seen[c["id"]] = c
-    return [{"id": k, "name": str(seen[k].get("name", "")), "supercategory": str(seen[k].get("supercategory", ""))}
-            for k in sorted(seen)]
+    out = [{"id": k, "name": str(seen[k].get("name", "")), "supercategory": str(seen[k].get("supercategory", ""))}
+           for k in sorted(seen)]
+    for c in out:  # keypoint names (COCO person keypoints): the flip pairs are read from them
+        names = seen[c["id"]].get("keypoints")
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            c["keypoints"] = list(names)
+    return out
 
 
 def _build_arrays(data, json_file: str):
@@ -249,10 +257,17 @@ def _build_arrays(data, json_file: str):
     seg_count = np.zeros(A, dtype=np.int32)
     iscrowd = np.zeros(A, dtype=np.uint8)
     area = np.full(A, np.nan, dtype=np.float32)
+    keypoints: Dict[int, list] = {}
     for j, a in enumerate(sorted_anns):
         if not keep[j]:
             continue
         where = f"{json_file}: annotation id {a['id']} (image id {a['image_id']})"
+        kp = a.get("keypoints")
+        if kp:  # as detectron2's loader: an empty list or none is no keypoints
+            if not (isinstance(kp, list) and len(kp) % 3 == 0 and all(_is_num(v) and math.isfinite(v) for v in kp)):
+                raise DatasetError(f"{where}: 'keypoints' must be finite numbers x, y, v per keypoint, got "
+                                   f"{str(kp)[:100]}")
+            keypoints[j] = kp
         c = a.get("iscrowd", 0)
         if c not in (0, 1) or isinstance(c, float):
             raise DatasetError(f"{where}: 'iscrowd' must be 0 or 1, got {c!r}")
@@ -346,6 +361,15 @@ def _build_arrays(data, json_file: str):
     rle_off = np.zeros(len(rles) + 1, dtype=np.int64)
     np.cumsum(np.fromiter((len(r) for r in rles), dtype=np.int64, count=len(rles)), out=rle_off[1:])
     cat = np.fromiter((a["category_id"] for a in sorted_anns), dtype=np.int32, count=A)
+    lengths = {len(v) for j, v in keypoints.items() if keep[j]}
+    if len(lengths) > 1:
+        j = next(j for j, v in keypoints.items() if keep[j] and len(v) != min(lengths))
+        raise DatasetError(f"{json_file}: annotation id {sorted_anns[j]['id']} has {len(keypoints[j]) // 3} keypoints, "
+                           f"others {max(lengths) // 3}: every annotation with keypoints needs the same number")
+    kp_table = np.zeros((len(kept), max(lengths, default=0)), dtype=np.float32)
+    for row, j in enumerate(kept):
+        if j in keypoints:
+            kp_table[row] = keypoints[j]
     arrays = {
         "image_id": image_id, "file_name_blob": file_name_blob, "file_name_off": file_name_off,
         "height": height, "width": width, "ann_start": ann_start, "ann_count": ann_count,
@@ -359,6 +383,7 @@ def _build_arrays(data, json_file: str):
         "rle_off": rle_off,
         "rle_counts": np.frombuffer(b"".join(rles), dtype=np.uint8).copy(),
         "rle_size": np.array(rle_size, dtype=np.int32).reshape(-1, 2),
+        "keypoints": kp_table,
     }
     meta = {
         "format": FORMAT_VERSION,
@@ -494,6 +519,15 @@ class CocoIndex:
             h, w = (int(v) for v in self.a["rle_size"][s])
             return {"size": [h, w], "counts": bytes(self.a["rle_counts"][off[s]: off[s + 1]])}
         return None
+
+    @property
+    def num_keypoints(self) -> int:
+        """K of the annotations' keypoints (0: the json has none)."""
+        return int(self.a["keypoints"].shape[1]) // 3
+
+    def keypoints(self, rows) -> np.ndarray:
+        """[n, K, 3] float64 (x, y, v) of annotation `rows` as in the json (integer pixel indices)."""
+        return np.asarray(self.a["keypoints"][rows], dtype=np.float64).reshape(-1, self.num_keypoints, 3)
 
     def annotations(self, i: int, with_segmentation: bool = True) -> Dict[str, object]:
         """Annotations of image row `i` as numpy copies: ann_id, bbox [n,4] XYWH, category_id, label,

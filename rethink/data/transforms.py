@@ -25,8 +25,11 @@ Mapped sample (a dict; what crosses from a loader worker to the trainer, so kept
               1..K, "masks": rethink.structures.InstanceMasks of N instances at (H, W) (only with
               MODEL.MASK_ON)}; crowd instances excluded, boxes clipped to the image, instances with an
               empty box (width or height <= 1e-5) or an empty mask (no polygon left, or no pixel)
-              after the transform removed (detectron2's filter_empty_instances; boxes, labels and
-              masks indexed alike, in annotation order). With a crop and MODEL.MASK_ON the boxes are
+              after the transform removed (detectron2's filter_empty_instances; boxes, labels,
+              masks and keypoints indexed alike, in annotation order); "keypoints": float32 [N, K, 3]
+              (x, y, v) in the network input (only with MODEL.KEYPOINT_ON; rethink.data.keypoints:
+              + 0.5, moved with the crop, resize and flip, left/right swapped by a flip, v = 0 outside).
+              With a crop and MODEL.MASK_ON the boxes are
               recomputed from the cropped masks (detectron2's recompute_boxes): the polygons' extent,
               or the pixel extent of an RLE mask (BitMasks.get_bounding_boxes: last pixel + 1)
     image_id, height, width   ORIGINAL image id and size (to rescale test outputs)
@@ -59,6 +62,7 @@ from PIL import Image
 from ..structures.masks import InstanceMasks, encode_bitmask
 from .errors import DatasetError
 from .images import read_rgb
+from .keypoints import dataset_flip_indices, transform_keypoints
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +309,8 @@ class DatasetMapper:
         self.is_train = is_train
         self.format = cfg.INPUT.FORMAT
         self.mask_on = bool(cfg.MODEL.MASK_ON)
+        self.keypoint_on = bool(cfg.MODEL.KEYPOINT_ON)
+        self._flip_idx = {}  # dataset name -> its keypoint flip indices
         self.mask_format = cfg.INPUT.MASK_FORMAT
         if self.mask_format not in ("polygon", "bitmask"):
             raise ValueError(f"INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got {self.mask_format!r}")
@@ -382,8 +388,14 @@ class DatasetMapper:
             good = np.array([_item_nonempty(it) for it in items], dtype=bool).reshape(-1)
             if recompute:
                 good &= _box_nonempty(boxes)
-            boxes, labels = boxes[good], labels[good]
+            rows, boxes, labels = rows[good], boxes[good], labels[good]
             target["masks"] = InstanceMasks([it for it, g in zip(items, good) if g], (newh, neww))
+        if self.keypoint_on:
+            if flip and dataset.name not in self._flip_idx:
+                self._flip_idx[dataset.name] = dataset_flip_indices(dataset)
+            kps = transform_keypoints(index.keypoints(rows), (src_h, src_w), (newh, neww), flip,
+                                      self._flip_idx.get(dataset.name), crop)
+            target["keypoints"] = torch.from_numpy(kps)
         target = {"boxes": torch.from_numpy(np.ascontiguousarray(boxes.reshape(-1, 4), dtype=np.float32)),
                   "labels": torch.from_numpy(labels.astype(np.int64)), **target}
         return target

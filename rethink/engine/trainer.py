@@ -239,7 +239,7 @@ def evaluate(cfg, model, device, tta: Optional[bool] = None,
     checkpoint's); each test json's ids are matched to them (data.categories.label_to_category_id), so a
     test json that numbers or orders them differently is evaluated right. None: the test json's sorted ids."""
     tta = cfg.TEST.AUG.ENABLED if tta is None else tta
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    tasks = ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
     results = {}
     for name in cfg.DATASETS.TEST:
         loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())
@@ -249,6 +249,8 @@ def evaluate(cfg, model, device, tta: Optional[bool] = None,
                                     is_main=comm.is_main_process(),  # COCO AP, or VOC mAP for VOC datasets
                                     contiguous_to_cat=label_to_category_id(categories, dataset_categories(name),
                                                                            spec.json_file) if coco else None)
+        if "keypoints" in tasks:
+            evaluator.kpt_oks_sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)  # empty: COCO's
         results[name] = inference_on_dataset(model, loader, evaluator, device)
         if tta:
             logger.info("Running inference with test-time augmentation on %s ...", name)

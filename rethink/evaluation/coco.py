@@ -1,4 +1,4 @@
-"""COCO box/mask evaluation with detectron2's ``COCOEvaluator`` semantics.
+"""COCO box/mask/keypoint evaluation with detectron2's ``COCOEvaluator`` semantics.
 
 Three interchangeable backends compute the same numbers:
 
@@ -15,7 +15,12 @@ Conventions (shared with the rest of ``rethink``):
   (``sorted(cat_ids)[i - 1]``), see :func:`contiguous_id_map`;
 * model outputs are torchvision ``MaskRCNN`` eval outputs already rescaled to the original image size:
   ``dict(boxes=[N, 4] XYXY abs, scores=[N], labels=[N] int64 in 1..K, masks=[N, 1, H, W] probabilities)``;
-  ``masks`` may be absent when only ``"bbox"`` is evaluated.
+  ``masks`` may be absent when only ``"bbox"`` is evaluated; ``keypoints=[N, K, 3]`` (x, y, score) in pixels for
+  the ``"keypoints"`` task (added to the results as COCO pixel indices by :func:`add_keypoint_results`).
+
+Keypoints: OKS with COCO's sigmas or ``kpt_oks_sigmas`` (``TEST.KEYPOINT_OKS_SIGMAS``), 10 summary statistics
+(AP, AP50, AP75, APm, APl, then AR likewise), detectron2's metrics the first five; the detections keep their
+``bbox`` (as in detectron2: the COCO API then takes a detection's area from its box).
 
 Undefined metrics: every backend reports ``-1`` for a summary statistic with no ground truth in its slice (e.g.
 ``APs`` on a dataset without small objects) and detectron2 turns that into ``NaN``. Here every undefined metric --
@@ -33,6 +38,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -48,11 +54,14 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("faster_coco_eval", "pycocotools", "hotcoco")
 #: the reference implementation the others are checked against
 REFERENCE_BACKEND = "pycocotools"
-TASKS = ("bbox", "segm")
+TASKS = ("bbox", "segm", "keypoints")
 #: detectron2's metric names, in the order of the first 6 of COCOeval's 12 summary statistics.
 AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 #: names of all 12 summary statistics, in COCOeval order.
 STAT_NAMES = AP_METRICS + ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+#: the keypoint task's: detectron2's metrics (the first 5 of COCOeval's 10 statistics), then all 10
+KEYPOINT_AP_METRICS = ("AP", "AP50", "AP75", "APm", "APl")
+KEYPOINT_STAT_NAMES = KEYPOINT_AP_METRICS + ("AR", "AR50", "AR75", "ARm", "ARl")
 RESULTS_FILENAME = "coco_instances_results.json"
 
 
@@ -164,6 +173,19 @@ def instances_to_coco_json(
     return results
 
 
+def add_keypoint_results(results: List[dict], keypoints: Any) -> List[dict]:
+    """Add ``keypoints`` ([N, K, 3] x, y, score in pixels, or None) to one image's N results from
+    :func:`instances_to_coco_json`, as COCO keypoint results: flat [x, y, score] * K with x, y - 0.5 (pixel
+    centres back to COCO's pixel indices, as detectron2)."""
+    if keypoints is None or not results:
+        return results
+    kps = _to_numpy(keypoints).astype(np.float64).reshape(len(results), -1, 3).copy()
+    kps[:, :, :2] -= 0.5
+    for r, k in zip(results, kps.reshape(len(results), -1).tolist()):
+        r["keypoints"] = k
+    return results
+
+
 def task_results(results: Sequence[Mapping[str, Any]], task: str) -> List[dict]:
     """Fresh per-task copies of combined COCO results, safe to hand to ``loadRes`` (which mutates them).
 
@@ -182,6 +204,11 @@ def task_results(results: Sequence[Mapping[str, Any]], task: str) -> List[dict]:
                 )
             out.append({k: v for k, v in r.items() if k != "bbox"})
         return out
+    if task == "keypoints":
+        if any("keypoints" not in r for r in results):
+            raise ValueError("keypoint evaluation needs keypoints, but a prediction has none; evaluate tasks without "
+                             "'keypoints' for models without MODEL.KEYPOINT_ON")
+        return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
@@ -242,9 +269,17 @@ def _coco_class(backend: str):
     return COCO
 
 
-def _cocoeval(backend: str, coco_gt, coco_dt, task: str, print_function):
-    """The backend's ``COCOeval`` object for ``task``; only faster-coco-eval takes a print function, the others
-    print to stdout (captured by the caller)."""
+def _cocoeval(backend: str, coco_gt, coco_dt, task: str, print_function, kpt_oks_sigmas=None):
+    """The backend's ``COCOeval`` object for ``task`` (keypoints: with ``kpt_oks_sigmas`` when given); only
+    faster-coco-eval takes a print function, the others print to stdout (captured by the caller)."""
+    coco_eval = _make_cocoeval(backend, coco_gt, coco_dt, task, print_function)
+    if task == "keypoints" and kpt_oks_sigmas:
+        coco_eval.params.kpt_oks_sigmas = (list(map(float, kpt_oks_sigmas)) if backend == "hotcoco"
+                                           else np.array(kpt_oks_sigmas, dtype=np.float64))
+    return coco_eval
+
+
+def _make_cocoeval(backend: str, coco_gt, coco_dt, task: str, print_function):
     if backend == "pycocotools":
         from pycocotools.cocoeval import COCOeval
 
@@ -333,22 +368,37 @@ def evaluate_coco_results(
     backend: str = "hotcoco",
     img_ids: Optional[Sequence[int]] = None,
     per_category: bool = True,
+    kpt_oks_sigmas: Optional[Sequence[float]] = None,
 ) -> TaskResult:
     """Evaluate COCO results (combined format, see :func:`instances_to_coco_json`) for one ``task``.
 
     ``coco_gt`` must come from :func:`load_coco_gt` with the same ``backend``. ``img_ids`` restricts the evaluated
     images (default: every image of the dataset, as detectron2). No results at all is not an error: it scores 0
-    wherever the metric is defined.
+    wherever the metric is defined. ``kpt_oks_sigmas``: the keypoint task's OKS sigmas (default COCO's 17).
     """
     _check_backend(backend)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     with _gc_paused():
-        return _evaluate_coco_results(coco_gt, results, task, backend, img_ids, per_category)
+        return _evaluate_coco_results(coco_gt, results, task, backend, img_ids, per_category, kpt_oks_sigmas)
 
 
-def _evaluate_coco_results(coco_gt, results, task, backend, img_ids, per_category) -> TaskResult:
+def _check_num_keypoints(coco_gt, results, kpt_oks_sigmas) -> None:
+    """detectron2's check: the detections, the ground truth and the sigmas count the same keypoints."""
+    gt = next((len(a["keypoints"]) // 3 for a in coco_gt.anns.values() if a.get("keypoints")), None)
+    if gt is None:
+        raise ValueError("keypoint evaluation: the ground truth has no keypoint annotations")
+    sigmas = len(kpt_oks_sigmas) if kpt_oks_sigmas else 17  # COCO's default sigmas: its 17 person keypoints
+    dt = len(results[0]["keypoints"]) // 3 if results and "keypoints" in results[0] else gt
+    if not gt == dt == sigmas:
+        raise ValueError(f"keypoint evaluation: {gt} keypoints in the ground truth, {dt} predicted, {sigmas} OKS "
+                         f"sigmas (TEST.KEYPOINT_OKS_SIGMAS): they must agree")
+
+
+def _evaluate_coco_results(coco_gt, results, task, backend, img_ids, per_category, kpt_oks_sigmas) -> TaskResult:
     tic = time.perf_counter()
+    if task == "keypoints":
+        _check_num_keypoints(coco_gt, results, kpt_oks_sigmas)
     dts = task_results(results, task)
     known = coco_gt.imgs
     unknown = {d["image_id"] for d in dts if d["image_id"] not in known}
@@ -364,11 +414,13 @@ def _evaluate_coco_results(coco_gt, results, task, backend, img_ids, per_categor
             raise ValueError(f"img_ids not in the ground truth: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
 
     summary_lines: List[str] = []
-    with _stdout_to_log() as buf:
+    with _stdout_to_log() as buf, warnings.catch_warnings():
         coco_dt = coco_gt.loadRes(dts) if dts else _empty_results(coco_gt, backend)
-        coco_eval = _cocoeval(backend, coco_gt, coco_dt, task, summary_lines.append)
+        coco_eval = _cocoeval(backend, coco_gt, coco_dt, task, summary_lines.append, kpt_oks_sigmas)
         if img_ids is not None:
             coco_eval.params.imgIds = img_ids
+        # hotcoco warns that sigmas other than COCO's are not COCO keypoint AP: they are what the config asked for
+        warnings.filterwarnings("ignore", message=".*kpt_oks_sigmas differ.*")
         coco_eval.evaluate()
         coco_eval.accumulate()
         # log the progress noise at DEBUG and keep only what summarize() prints: the table logged at INFO
@@ -383,9 +435,11 @@ def _evaluate_coco_results(coco_gt, results, task, backend, img_ids, per_categor
         buf.seek(0)
         buf.truncate()
 
-    stats = np.asarray(coco_eval.stats[:12], dtype=np.float64).copy()
+    names = KEYPOINT_AP_METRICS if task == "keypoints" else AP_METRICS
+    stats = np.asarray(coco_eval.stats[:len(KEYPOINT_STAT_NAMES if task == "keypoints" else STAT_NAMES)],
+                       dtype=np.float64).copy()
     metrics: "OrderedDict[str, Optional[float]]" = OrderedDict(
-        (name, _percent_or_none(stats[i])) for i, name in enumerate(AP_METRICS)
+        (name, _percent_or_none(stats[i])) for i, name in enumerate(names)
     )
     if per_category:
         # detectron2: AP per category at IoU 0.50:0.95, area "all", maxDets 100
@@ -430,7 +484,7 @@ class COCOEvaluator:
     Args:
         json_file: COCO-format ground truth; loaded once per evaluator (lazily, on the evaluating rank only).
         backend: ``"hotcoco"`` (default), ``"pycocotools"`` or ``"faster_coco_eval"``; all give the same numbers.
-        tasks: subset of ``("bbox", "segm")``.
+        tasks: subset of ``("bbox", "segm", "keypoints")`` (default boxes and masks).
         gather: for a distributed evaluation, a function that collects a picklable object from every rank to the
             evaluating rank, returning the list there and ``None`` elsewhere
             (:func:`rethink.engine.comm.gather_to_main`);
@@ -442,19 +496,21 @@ class COCOEvaluator:
             processed count as having no detections. Can also be given to :meth:`evaluate`.
         contiguous_to_cat: ``{label: COCO category id}``; default :func:`contiguous_id_map` of the json categories.
         per_category: also report ``"AP-<category name>"`` (as detectron2).
+        kpt_oks_sigmas: the keypoint task's OKS sigmas (``TEST.KEYPOINT_OKS_SIGMAS``); empty: COCO's.
     """
 
     def __init__(
         self,
         json_file: str | os.PathLike,
         backend: str = "hotcoco",
-        tasks: Sequence[str] = TASKS,
+        tasks: Sequence[str] = ("bbox", "segm"),
         gather: Optional[Callable[[Any], Optional[List[Any]]]] = None,
         is_main: bool = True,
         output_dir: Optional[str | os.PathLike] = None,
         img_ids: Optional[Sequence[int]] = None,
         contiguous_to_cat: Optional[Mapping[int, int]] = None,
         per_category: bool = True,
+        kpt_oks_sigmas: Sequence[float] = (),
     ):
         self.json_file = os.fspath(json_file)
         self.backend = _check_backend(backend)
@@ -467,6 +523,7 @@ class COCOEvaluator:
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.img_ids = None if img_ids is None else [int(i) for i in img_ids]
         self.per_category = per_category
+        self.kpt_oks_sigmas = [float(s) for s in kpt_oks_sigmas]
         self._contiguous_to_cat = (
             None if contiguous_to_cat is None else {int(k): int(v) for k, v in contiguous_to_cat.items()}
         )
@@ -517,7 +574,10 @@ class COCOEvaluator:
                     f"image {image_id}: segm evaluation requested but the output has no masks; "
                     "use tasks=('bbox',) for box-only models"
                 )
-            instances = instances_to_coco_json(output, image_id, self.contiguous_to_cat)
+            if "keypoints" in self.tasks and output.get("keypoints") is None and len(output["boxes"]) > 0:
+                raise ValueError(f"image {image_id}: keypoint evaluation requested but the output has no keypoints")
+            instances = add_keypoint_results(instances_to_coco_json(output, image_id, self.contiguous_to_cat),
+                                             output.get("keypoints"))
             self._predictions.append({"image_id": image_id, "instances": instances})
 
     # -- evaluation ----------------------------------------------------------------------------------------------
@@ -562,7 +622,8 @@ class COCOEvaluator:
         out: "OrderedDict[str, Dict[str, Optional[float]]]" = OrderedDict()
         for task in self.tasks:
             res = evaluate_coco_results(
-                self.coco_gt, results, task, self.backend, img_ids=img_ids, per_category=self.per_category
+                self.coco_gt, results, task, self.backend, img_ids=img_ids, per_category=self.per_category,
+                kpt_oks_sigmas=self.kpt_oks_sigmas,
             )
             self.stats[task] = res.stats
             logger.info("COCO %s summary (%s, %.2f s):\n%s", task, self.backend, res.seconds, res.summary)

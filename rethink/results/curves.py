@@ -1,7 +1,9 @@
 """AP-vs-iteration curves as in the paper's Figures 1 and 4: box AP and mask AP against
 iterations (and in units of "1x"), one line per setting (mean over seeds, min-max band), LR drops
 marked, the paper's final number for a matching setting drawn as a star at the end of its schedule, and
-the test-time-augmentation AP of the final evaluation (TEST.AUG, "bbox_TTA/AP") as an open diamond."""
+the test-time-augmentation AP of the final evaluation (TEST.AUG, "bbox_TTA/AP") as an open diamond.
+PASCAL VOC runs (every DATASETS.TEST a VOC dataset) plot VOC mAP ("bbox/AP50", the paper's VOC metric, with
+its Sec. 5 numbers as stars) and box AP over IoU 0.5:0.95 instead."""
 import csv
 import logging
 import os
@@ -10,11 +12,23 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..data.voc import is_voc_dataset
 from .paper import config_settings, lookup
 from .runs import AXES, Run
 
 logger = logging.getLogger(__name__)
 TASKS = (("bbox/AP", "box AP", "box_ap"), ("segm/AP", "mask AP", "mask_ap"))
+# (metric, axis label, csv prefix = the paper.Reference field drawn as a star)
+VOC_TASKS = (("bbox/AP50", "VOC mAP (AP at IoU 0.5)", "voc_map"), ("bbox/AP", "box AP (IoU 0.5:0.95)", "box_ap"))
+
+
+def is_voc_run(run: Run) -> bool:
+    """A PASCAL VOC run: every DATASETS.TEST entry is a VOC dataset (detectron2's voc_* names, their subsets,
+    or one registered with rethink.data.voc.register_pascal_voc in this process)."""
+    datasets = run.raw.get("DATASETS")
+    test = datasets.get("TEST") if isinstance(datasets, dict) else None
+    test = [test] if isinstance(test, str) else list(test or [])
+    return bool(test) and all(str(n).startswith("voc_") or is_voc_dataset(str(n)) for n in test)
 
 
 def tta_key(key: str) -> str:
@@ -52,6 +66,8 @@ def reference_for(run: Run, test_aug: bool = False):
     """The paper's number for `run` (its settings, and from its config the cascade heads, train-time
     augmentation, the less-data recipe and ResNeXt), or None; `test_aug`: the one for its *_TTA metrics."""
     ax = run.axes
+    if is_voc_run(run):
+        return lookup(ax["depth"], ax["norm"], ax["init"], test_aug=test_aug, dataset="voc", **config_settings(run.raw))
     if ax["train"] != "coco_2017_train" and run.train_images is None:
         return None
     return lookup(ax["depth"], ax["norm"], ax["init"], run.schedule_x if run.train_images is None else None,
@@ -67,12 +83,15 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
 
     groups, shared = group_runs(runs)
     has_mask = any(r.evals("segm/AP") for r in runs)
-    tasks = TASKS if has_mask else TASKS[:1]
+    voc = [is_voc_run(r) for r in runs]
+    if any(voc) and not all(voc):
+        logger.warning("plotting PASCAL VOC and COCO runs together: box AP only (plot VOC runs apart for VOC mAP)")
+    tasks = VOC_TASKS if all(voc) else TASKS if has_mask else TASKS[:1]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = {}
     with_tta = set()
-    for t, (key, name, _) in enumerate(tasks):
+    for t, (key, name, prefix) in enumerate(tasks):
         ax = axes[0][t]
         for g, (label, members) in enumerate(groups.items()):
             color = colors[g % len(colors)]
@@ -85,13 +104,12 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
                 ax.fill_between(its, lo, hi, color=color, alpha=0.2, lw=0)
             for step in sorted({s for r in members for s in r.steps}):
                 ax.axvline(step, color=color, ls=":", lw=1)
-            prefix = TASKS[t][2]
             t_its, t_mean, t_lo, t_hi, t_n = aggregate(members, tta_key(key))
             if len(t_its):
                 ax.plot(t_its, t_mean, "D", color=color, ms=8, mfc="none", label=f"{label} TTA")
                 with_tta.add(prefix)
             ref = reference_for(members[0])
-            ref_value = getattr(ref, "box_ap" if key == "bbox/AP" else "mask_ap", None) if ref else None
+            ref_value = getattr(ref, prefix, None) if ref else None
             if ref_value is not None:
                 ax.plot([members[0].max_iter], [ref_value], "*", color=color, ms=12, mec="black",
                         label=f"paper {ref.source}: {ref_value}")

@@ -2,17 +2,19 @@
 final test-time-augmentation box/mask AP (TEST.AUG: "bbox_TTA/AP", columns shown when a run has them),
 iterations done (completed iterations, detectron2 runs converted, see rethink.runs), GPU-hours (empty for
 detectron2 runs), and the paper's number with the delta where one applies (for the TTA AP too: the paper's
-"+ test aug" numbers)."""
+"+ test aug" numbers). PASCAL VOC runs (curves.is_voc_run) also get their VOC mAP ("bbox/AP50": final and best)
+and the paper's VOC number (Sec. 5) with the delta."""
 import csv
 import os
 from typing import Dict, List, Sequence
 
-from .curves import reference_for
+from .curves import is_voc_run, reference_for
 from .runs import AXES, Run
 
 COLUMNS = list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
-                        "mask_AP_best", "mask_AP50", "mask_AP75", "box_AP_TTA", "mask_AP_TTA", "gpu_hours",
-                        "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask", "paper_source",
+                        "mask_AP_best", "mask_AP50", "mask_AP75", "box_AP_TTA", "mask_AP_TTA", "voc_mAP",
+                        "voc_mAP_best", "gpu_hours", "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask",
+                        "paper_voc_mAP", "delta_voc", "paper_source",
                         "paper_box_AP_TTA", "delta_box_TTA", "paper_mask_AP_TTA", "delta_mask_TTA", "paper_source_TTA",
                         "run"]
 
@@ -38,14 +40,18 @@ def run_row(run: Run) -> Dict[str, object]:
         tta = run.evals(f"{task}_TTA/AP")
         if tta:
             row[f"{short}_AP_TTA"] = tta[-1][f"{task}_TTA/AP"]
+    voc = run.evals("bbox/AP50") if is_voc_run(run) else []
+    if voc:
+        row["voc_mAP"], row["voc_mAP_best"] = voc[-1]["bbox/AP50"], max(e["bbox/AP50"] for e in voc)
     for suffix, ref in (("", reference_for(run)), ("_TTA", reference_for(run, test_aug=True))):
         if ref is None or (suffix and f"box_AP{suffix}" not in row and f"mask_AP{suffix}" not in row):
             continue
         row[f"paper_source{suffix}"] = ref.source
-        for short, value in (("box", ref.box_ap), ("mask", ref.mask_ap)):
-            row[f"paper_{short}_AP{suffix}"] = value
-            if value is not None and row.get(f"{short}_AP{suffix}") is not None:
-                row[f"delta_{short}{suffix}"] = round(row[f"{short}_AP{suffix}"] - value, 2)
+        for short, col, value in (("box", "box_AP", ref.box_ap), ("mask", "mask_AP", ref.mask_ap),
+                                  ("voc", "voc_mAP", ref.voc_map)):
+            row[f"paper_{col}{suffix}"] = value
+            if value is not None and row.get(f"{col}{suffix}") is not None:
+                row[f"delta_{short}{suffix}"] = round(row[f"{col}{suffix}"] - value, 2)
     return row
 
 
