@@ -70,7 +70,7 @@ def test_detectron2_dump_loads():
     assert stage2.SOLVER.MAX_ITER == 400 and tuple(stage2.SOLVER.STEPS) == (300, 360) and stage2.SEED == 101
 
 
-@pytest.mark.parametrize("key,value", [("MODEL.KEYPOINT_ON", "True"), ("DATALOADER.REPEAT_THRESHOLD", "0.5"),
+@pytest.mark.parametrize("key,value", [("MODEL.LOAD_PROPOSALS", "True"), ("DATALOADER.REPEAT_THRESHOLD", "0.5"),
                                        ("MODEL.RESNETS.RES5_DILATION", "2"), ("SOLVER.BASE_LR_END", "0.001")])
 def test_unimplemented_value_on_top_of_detectron2_dump(key, value):
     with pytest.raises(ConfigError, match=rf"^command line: {key.replace('.', r'[.]')} = "):
