@@ -2,14 +2,17 @@
 the loss normalisation and the sub-pixel inference on hand-made cases, the data transform (+0.5, resize, flip
 with left/right swapped, v = 0 outside), MIN_KEYPOINTS_PER_IMAGE, keypoint AP equal to pycocotools in every
 backend, the config checks, and a tiny run on the generated stick figures that trains, evaluates and plots."""
+import csv
 import json
 import math
+import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from rethink.cluster.sweep import load_sweep, plan_table
 from rethink.config import ConfigError, load_config
 from rethink.data.build import TrainingSet, get_dataset
 from rethink.data.keypoints import COCO_PERSON_KEYPOINT_NAMES, flip_indices, transform_keypoints
@@ -18,9 +21,13 @@ from rethink.evaluation import COCOEvaluator
 from rethink.evaluation.coco import BACKENDS, REFERENCE_BACKEND, evaluate_coco_results, load_coco_gt
 from rethink.modeling import build_model
 from rethink.modeling.roi_heads.keypoint import heatmaps_to_keypoints, keypoint_rcnn_loss, keypoints_to_heatmap
+from rethink.results.curves import plot_curves
+from rethink.results.paper import lookup
+from rethink.results.report import build_table
+from rethink.results.runs import find_runs
 from rethink.weights import load_weights
 
-from .conftest import CONFIGS, tiny_cfg
+from .conftest import CONFIGS, ROOT, tiny_cfg
 from .test_resnext import D2_CONFIGS, _check_against_detectron2, _entry, _no_init, _to_d2_body_name, needs_shapes
 
 KEYPOINT_ENTRY = "keypoint_rcnn_R_50_FPN_gn scratch"
@@ -405,3 +412,48 @@ def test_evaluator_refuses_outputs_without_keypoints(kp_gt_json):
     gt = load_coco_gt(kp_gt_json, "pycocotools")
     res = evaluate_coco_results(gt, [], "keypoints", "pycocotools")
     assert res.stats[0] == 0.0 and res.metrics["AP"] == 0.0 and len(res.stats) == 10
+
+
+# --------------------------------------------------------------------------------------------------
+# sweep, paper numbers, curves and table
+# --------------------------------------------------------------------------------------------------
+def test_keypoint_sweep_dry_run_gpu_hours():
+    sweep = load_sweep(str(ROOT / "launch" / "sweeps" / "keypoints.yaml"), root="/tmp/sweeps")
+    runs = {r.name: r for r in sweep.runs}
+    assert sorted(runs) == ["pretrained_2x_s0", "pretrained_3x_s0", "scratch_2x_s0", "scratch_3x_s0"]
+    assert runs["scratch_3x_s0"].max_iter == 270_000 and runs["pretrained_2x_s0"].max_iter == 180_000
+    assert runs["scratch_3x_s0"].gpu_hours(sweep.resources) == pytest.approx(270_000 * 0.32 * 8 / 3600)
+    plan = plan_table(sweep)
+    assert "branch of scratch_3x_s0 at 120000" in plan and "660000 iterations, ~469 GPU-hours" in plan
+
+
+def test_paper_keypoint_numbers():
+    assert lookup(50, "GN", "scratch", 2.0, dataset="coco_keypoints").keypoint_ap == 65.6
+    assert lookup(50, "GN", "pretrained", 2.0, dataset="coco_keypoints").keypoint_ap == 65.5
+    assert lookup(50, "GN", "scratch", 3.0, dataset="coco_keypoints") is None  # only plotted in Figure 6
+    assert lookup(50, "GN", "scratch", 2.0).box_ap == 36.8  # boxes (Table 1) are not keypoint numbers
+
+
+def _keypoint_run(root, init, evals):
+    d = root / init
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(load_config(CONFIGS / "keypoints" / f"{init}_gn_r50.yaml", ["SEED", "0"]).dump())
+    lines = [{"iteration": it, "bbox/AP": ap - 10, "bbox/AP50": ap, "keypoints/AP": ap, "keypoints/AP50": ap + 20,
+              "keypoints/AP75": ap + 5} for it, ap in evals.items()]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_keypoint_runs_in_curves_and_table(tmp_path):
+    _keypoint_run(tmp_path / "runs", "scratch", {90000: 50.0, 180000: 65.0})
+    _keypoint_run(tmp_path / "runs", "pretrained", {90000: 60.0, 180000: 66.0})
+    runs = find_runs([str(tmp_path / "runs")])
+    rows = {r["init"]: r for r in build_table(runs)}
+    assert (rows["scratch"]["kp_AP"], rows["scratch"]["kp_AP_best"], rows["scratch"]["kp_AP50"]) == (65.0, 65.0, 85.0)
+    assert (rows["scratch"]["paper_kp_AP"], rows["scratch"]["delta_kp"]) == (65.6, -0.6)
+    assert (rows["pretrained"]["paper_kp_AP"], rows["pretrained"]["delta_kp"]) == (65.5, 0.5)
+    assert rows["scratch"]["paper_source"] == "Figure 6" and rows["scratch"].get("paper_box_AP") is None
+    paths = plot_curves(runs, str(tmp_path / "kp"))
+    with open(paths["csv"]) as f:
+        csv_rows = list(csv.DictReader(f))
+    assert {float(r["keypoint_ap_mean"]) for r in csv_rows if r["iteration"] == "180000"} == {65.0, 66.0}
+    assert os.path.getsize(paths["png"]) > 0

@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 TASKS = (("bbox/AP", "box AP", "box_ap"), ("segm/AP", "mask AP", "mask_ap"))
 # (metric, axis label, csv prefix = the paper.Reference field drawn as a star)
 VOC_TASKS = (("bbox/AP50", "VOC mAP (AP at IoU 0.5)", "voc_map"), ("bbox/AP", "box AP (IoU 0.5:0.95)", "box_ap"))
+KEYPOINT_TASK = ("keypoints/AP", "keypoint AP", "keypoint_ap")  # plotted for runs that have it (MODEL.KEYPOINT_ON)
+
+
+def is_keypoint_run(run: Run) -> bool:
+    """A keypoint run: MODEL.KEYPOINT_ON in its config (its paper numbers are Figure 6's keypoint AP)."""
+    model = run.raw.get("MODEL")
+    return isinstance(model, dict) and model.get("KEYPOINT_ON") is True
 
 
 def is_voc_run(run: Run) -> bool:
@@ -68,6 +75,11 @@ def reference_for(run: Run, test_aug: bool = False):
     ax = run.axes
     if is_voc_run(run):
         return lookup(ax["depth"], ax["norm"], ax["init"], test_aug=test_aug, dataset="voc", **config_settings(run.raw))
+    if is_keypoint_run(run):  # Figure 6 says nothing of train-time augmentation: matched with or without
+        if ax["train"] != "keypoints_coco_2017_train":
+            return None
+        return lookup(ax["depth"], ax["norm"], ax["init"], run.schedule_x, test_aug=test_aug,
+                      dataset="coco_keypoints", **{**config_settings(run.raw), "train_aug": False})
     if ax["train"] != "coco_2017_train" and run.train_images is None:
         return None
     return lookup(ax["depth"], ax["norm"], ax["init"], run.schedule_x if run.train_images is None else None,
@@ -87,6 +99,8 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
     if any(voc) and not all(voc):
         logger.warning("plotting PASCAL VOC and COCO runs together: box AP only (plot VOC runs apart for VOC mAP)")
     tasks = VOC_TASKS if all(voc) else TASKS if has_mask else TASKS[:1]
+    if any(r.evals(KEYPOINT_TASK[0]) for r in runs):
+        tasks = tasks + (KEYPOINT_TASK,)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = {}

@@ -3,7 +3,8 @@ final test-time-augmentation box/mask AP (TEST.AUG: "bbox_TTA/AP", columns shown
 iterations done (completed iterations, detectron2 runs converted, see rethink.runs), GPU-hours (empty for
 detectron2 runs), and the paper's number with the delta where one applies (for the TTA AP too: the paper's
 "+ test aug" numbers). PASCAL VOC runs (curves.is_voc_run) also get their VOC mAP ("bbox/AP50": final and best)
-and the paper's VOC number (Sec. 5) with the delta."""
+and the paper's VOC number (Sec. 5) with the delta. Keypoint runs (MODEL.KEYPOINT_ON) get their keypoint AP
+("keypoints/AP": final, best, AP50, AP75) and the paper's (Figure 6) with the delta."""
 import csv
 import os
 from typing import Dict, List, Sequence
@@ -13,8 +14,9 @@ from .runs import AXES, Run
 
 COLUMNS = list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
                         "mask_AP_best", "mask_AP50", "mask_AP75", "box_AP_TTA", "mask_AP_TTA", "voc_mAP",
-                        "voc_mAP_best", "gpu_hours", "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask",
-                        "paper_voc_mAP", "delta_voc", "paper_source",
+                        "voc_mAP_best", "kp_AP", "kp_AP_best", "kp_AP50", "kp_AP75",
+                        "gpu_hours", "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask",
+                        "paper_voc_mAP", "delta_voc", "paper_kp_AP", "delta_kp", "paper_source",
                         "paper_box_AP_TTA", "delta_box_TTA", "paper_mask_AP_TTA", "delta_mask_TTA", "paper_source_TTA",
                         "run"]
 
@@ -28,7 +30,7 @@ def run_row(run: Run) -> Dict[str, object]:
     gpu_hours = run.gpu_hours()
     row.update(iters_done=run.last_iteration, max_iter=run.max_iter,
                gpu_hours=None if gpu_hours is None else round(gpu_hours, 3), run=run.path)
-    for task, short in (("bbox", "box"), ("segm", "mask")):
+    for task, short in (("bbox", "box"), ("segm", "mask"), ("keypoints", "kp")):
         evals = run.evals(f"{task}/AP")
         if not evals:
             continue
@@ -48,7 +50,7 @@ def run_row(run: Run) -> Dict[str, object]:
             continue
         row[f"paper_source{suffix}"] = ref.source
         for short, col, value in (("box", "box_AP", ref.box_ap), ("mask", "mask_AP", ref.mask_ap),
-                                  ("voc", "voc_mAP", ref.voc_map)):
+                                  ("voc", "voc_mAP", ref.voc_map), ("kp", "kp_AP", ref.keypoint_ap)):
             row[f"paper_{col}{suffix}"] = value
             if value is not None and row.get(f"{col}{suffix}") is not None:
                 row[f"delta_{short}{suffix}"] = round(row[f"{col}{suffix}"] - value, 2)
