@@ -12,7 +12,7 @@ PACKAGE = ROOT / "rethink"
 # Layers, bottom first: a module may import from its own layer and those listed before it.
 LAYERS = [
     {"utils", "config", "structures"},
-    {"data", "modeling", "evaluation", "weights"},
+    {"data", "modeling", "evaluation", "weights", "visualization"},
     {"engine"},
     {"pretrain", "results"},
     {"cluster"},

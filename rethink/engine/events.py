@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from collections import defaultdict, deque
-from typing import Dict
+from typing import Any, Dict, List, Tuple
 
 from ..utils.rundir import read_metrics
 
@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 class EventStorage:
-    """Scalars by name for the current iteration, with a window of recent values for smoothing."""
+    """Scalars by name for the current iteration, with a window of recent values for smoothing; images
+    (put_image, as detectron2's) wait for the writer, which takes them (pop_images)."""
 
     def __init__(self, start_iter: int = 0, window: int = 20):
         self.iter = start_iter  # completed iterations
@@ -30,6 +31,15 @@ class EventStorage:
         self.history: Dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
         self.latest: Dict[str, tuple] = {}  # name -> (value, iteration)
         self.smoothing: Dict[str, bool] = {}
+        self.images: List[Tuple[str, Any, int]] = []  # (name, [H, W, 3] uint8, iteration)
+
+    def put_image(self, name: str, image) -> None:
+        """An image ([H, W, 3] uint8) for TensorBoard at the current iteration."""
+        self.images.append((name, image, self.iter))
+
+    def pop_images(self) -> List[Tuple[str, Any, int]]:
+        images, self.images = self.images, []
+        return images
 
     def put_scalar(self, name: str, value: float, smoothing: bool = True) -> None:
         value = float(value)
@@ -91,6 +101,14 @@ class TensorboardWriter:
             return
         for k, v in scalars.items():
             self.writer.add_scalar(k, v, iteration)
+        self.writer.flush()
+
+    def write_images(self, images) -> None:
+        """(name, [H, W, 3] uint8, iteration) each, as TensorBoard images."""
+        if self.writer is None or not images:
+            return
+        for name, image, iteration in images:
+            self.writer.add_image(name, image, iteration, dataformats="HWC")
         self.writer.flush()
 
     def close(self):

@@ -183,8 +183,10 @@ class MetricsWriter(HookBase):
             remaining = self.trainer.max_iter - done
             scalars["eta_seconds"] = round(storage.median("time") * remaining, 1)
         self.json.write(done, scalars)
+        images = storage.pop_images()
         if self.tb:
             self.tb.write(done, scalars)
+            self.tb.write_images(images)  # an evaluation's predictions (Trainer.test)
         self._written = done
         losses = "  ".join(f"{k}: {v:.4g}" for k, v in scalars.items() if "loss" in k)
         aps = "  ".join(f"{k}: {v:.2f}" for k, v in scalars.items() if k.endswith("/AP"))

@@ -6,11 +6,12 @@ rank), and the data stream depends only on (SEED, iteration, rank layout). Nothi
 SOLVER.MAX_ITER, so a run resumed or forked at iteration k continues exactly as an uninterrupted run.
 """
 import logging
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -20,10 +21,12 @@ from ..data import get_dataset_spec
 from ..data.build import build_test_loader, build_train_loader
 from ..data.categories import dataset_categories, label_to_category_id
 from ..evaluation.build import build_evaluator
+from ..evaluation.per_category import save_per_category_ap
 from ..modeling import build_model
 from ..modeling.tta import GeneralizedRCNNWithTTA
-from ..utils.rundir import checkpoint_name
+from ..utils.rundir import RunDir, checkpoint_name
 from ..utils.signals import EvaluationStopped, current_stop_request
+from ..visualization import DatasetImages, prediction_panels
 from . import comm
 from .checkpoint import Checkpointer, unwrap
 from .hooks import EvalHook, IterationTimer, LRScheduler, MetricsWriter, PeriodicCheckpointer, PreciseBN
@@ -32,6 +35,8 @@ from .train_loop import LOG_PERIOD, TrainerBase, agree_on_stop, check_finite
 from .worker import create_ddp_model, rank_device
 
 logger = logging.getLogger(__name__)
+#: test images shown with their predictions in TensorBoard after each evaluation of a training
+TENSORBOARD_IMAGES = 3
 
 
 def seed_step(seed: int, iteration: int, rank: int) -> None:
@@ -161,7 +166,19 @@ class Trainer(TrainerBase):
         """COCO evaluation of the current model on every DATASETS.TEST; results on rank 0. With
         TEST.AUG.ENABLED the final evaluation (at SOLVER.MAX_ITER) adds test-time augmentation's."""
         tta = self.cfg.TEST.AUG.ENABLED and self.completed >= self.max_iter
-        return evaluate(self.cfg, unwrap(self.model), self.device, tta=tta, categories=self.categories)
+        return evaluate(self.cfg, unwrap(self.model), self.device, tta=tta, categories=self.categories,
+                        visualize=self._log_predictions)
+
+    def _log_predictions(self, name: str, evaluator) -> None:
+        """The first TENSORBOARD_IMAGES images of test set `name`: predictions (score >= 0.5) beside the
+        ground truth, to TensorBoard with this evaluation's metrics (MetricsWriter). Rank 0."""
+        try:
+            panels = prediction_panels(DatasetImages.from_name(name), evaluator.image_results, TENSORBOARD_IMAGES)
+        except (OSError, ValueError, KeyError) as e:  # an unreadable image: the evaluation's numbers stand
+            logger.warning("No prediction images of %s for TensorBoard: %s", name, e)
+            return
+        for image_id, panel in panels:
+            self.storage.put_image(f"{name}/predictions/{image_id}", panel)
 
 
 class _LossInputs:
@@ -230,14 +247,29 @@ def inference_on_dataset(model, loader, evaluator, device) -> dict:
     return evaluator.evaluate()
 
 
-def evaluate(cfg, model, device, tta: Optional[bool] = None,
-             categories: Optional[List[dict]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+def write_detections(cfg, name: str, evaluator, tta: bool = False, visualize: Optional[Callable] = None) -> None:
+    """Rank 0, after test set `name`'s evaluation: its detections to the run directory
+    (RunDir.coco_results_file: COCO results format, as detectron2's COCOEvaluator writes), then
+    `visualize(name, evaluator)` when given. Evaluators without COCO results (VOC) write nothing."""
+    if not comm.is_main_process() or not hasattr(evaluator, "save_results"):
+        return
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    evaluator.save_results(RunDir(cfg.OUTPUT_DIR).coco_results_file(name if len(cfg.DATASETS.TEST) > 1 else None,
+                                                                    tta))
+    if visualize is not None:
+        visualize(name, evaluator)
+
+
+def evaluate(cfg, model, device, tta: Optional[bool] = None, categories: Optional[List[dict]] = None,
+             visualize: Optional[Callable] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{dataset: {"bbox": {...}, "segm": {...}}} on rank 0 ({} elsewhere). With `tta` (default
     TEST.AUG.ENABLED) the model wrapped in test-time augmentation (modeling/tta.py) is evaluated too,
     its tasks under detectron2's suffix: {"bbox_TTA": {...}, "segm_TTA": {...}} (flat "bbox_TTA/AP").
     `categories`: what the model was trained on ([{"id", "name"}] by label: the training set's, or a
     checkpoint's); each test json's ids are matched to them (data.categories.label_to_category_id), so a
-    test json that numbers or orders them differently is evaluated right. None: the test json's sorted ids."""
+    test json that numbers or orders them differently is evaluated right. None: the test json's sorted ids.
+    Rank 0 writes each test set's detections (write_detections; `visualize(name, evaluator)` is called
+    after the plain model's) and the AP per category (RunDir.per_category_ap_file) to OUTPUT_DIR."""
     tta = cfg.TEST.AUG.ENABLED if tta is None else tta
     tasks = ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
     results = {}
@@ -252,10 +284,15 @@ def evaluate(cfg, model, device, tta: Optional[bool] = None,
         if "keypoints" in tasks:
             evaluator.kpt_oks_sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)  # empty: COCO's
         results[name] = inference_on_dataset(model, loader, evaluator, device)
+        write_detections(cfg, name, evaluator, visualize=visualize)
         if tta:
             logger.info("Running inference with test-time augmentation on %s ...", name)
             augmented = inference_on_dataset(GeneralizedRCNNWithTTA(cfg, model), loader, evaluator, device)
             results[name].update({f"{task}_TTA": v for task, v in augmented.items()})
+            write_detections(cfg, name, evaluator, tta=True)
+    if comm.is_main_process():
+        run = RunDir(cfg.OUTPUT_DIR)
+        save_per_category_ap(run.per_category_ap_file("json"), run.per_category_ap_file("md"), results)
     return results if comm.is_main_process() else {}
 
 
