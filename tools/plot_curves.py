@@ -8,9 +8,14 @@ Writes <out>.png/.pdf/.csv (curves: box and mask AP vs iterations, mean and min-
 drops dotted, the paper's number as a star, the final test-time-augmentation AP as an open diamond when
 TEST.AUG ran) and <out>_table.md/.csv (one row per run vs the paper; box_AP_TTA / mask_AP_TTA when present).
 
+Curves are named in the legend (beside the plots) by what differs between them: the varying settings (init,
+norm, schedule, ...) and any other config key set differently (e.g. BASE_LR=0.01); one curve is named by its run.
+Table rows start with the run's name (its path relative to the folder searched).
+
 A run is any directory with a config.yaml: rethink runs (metrics.jsonl) and detectron2 runs (metrics.json)
 plot side by side, on completed iterations. Configs are read leniently (only the grouping axes, detectron2's
-defaults for what is missing), so runs of older or newer versions plot; what cannot be read is a warning.
+defaults for what is missing; values as the config loader reads them, so STEPS: (4000, 5000) is two LR drops), so
+runs of older or newer versions plot; what cannot be read is a warning.
 """
 import argparse
 import logging

@@ -5,6 +5,7 @@ the test-time-augmentation AP of the final evaluation (TEST.AUG, "bbox_TTA/AP") 
 PASCAL VOC runs (every DATASETS.TEST a VOC dataset) plot VOC mAP ("bbox/AP50", the paper's VOC metric, with
 its Sec. 5 numbers as stars) and box AP over IoU 0.5:0.95 instead."""
 import csv
+import json
 import logging
 import os
 from collections import defaultdict
@@ -44,16 +45,68 @@ def tta_key(key: str) -> str:
     return f"{task}_TTA/{metric}"
 
 
+#: config keys that differ between the seeds of one setting (never a reason to draw two curves)
+PER_SEED_KEYS = ("SEED", "OUTPUT_DIR")
+
+
+def _leaves(node, prefix: str = "") -> Dict[str, str]:
+    """{dotted key: value as JSON} of a config mapping (lists and tuples alike)."""
+    if isinstance(node, dict):
+        out: Dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
+
+
+def other_settings(runs: Sequence[Run]) -> List[str]:
+    """Config keys, beyond the axes, that set apart runs sharing every axis but the seed (a swept
+    SOLVER.BASE_LR, say): two runs that both write the key with different values (a key one run lacks,
+    an older or partial config, sets nothing apart)."""
+    by_axes: Dict[tuple, List[Dict[str, str]]] = defaultdict(list)
+    for r in runs:
+        by_axes[tuple(str(r.axes[a]) for a in AXES if a != "seed")].append(_leaves(r.raw))
+    keys = set()
+    for configs in by_axes.values():
+        for key in set().union(*configs) - set(PER_SEED_KEYS) - keys:
+            if len({c[key] for c in configs if key in c}) > 1:
+                keys.add(key)
+    return sorted(keys)
+
+
+def _short_names(keys: Sequence[str]) -> Dict[str, str]:
+    """Each key's last part ("BASE_LR"), the whole key where two keys end alike."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
+
+
+def _names_label(members: Sequence[Run]) -> str:
+    """A curve named by its runs: the run's name, or what the seeds' names share."""
+    names = sorted(r.name or os.path.basename(r.path) for r in members)
+    if len(names) == 1:
+        return names[0]
+    common = os.path.commonpath(names) if all(not os.path.isabs(n) for n in names) else ""
+    return common or " + ".join(names)
+
+
 def group_runs(runs: Sequence[Run]) -> Tuple[Dict[str, List[Run]], Dict[str, object]]:
-    """Groups runs by every axis but the seed. Returns ({label: runs}, {axis: value} shared by all):
-    labels name only the axes that vary, the shared ones go to the title."""
+    """Groups runs by every axis but the seed, and by the other config keys that set runs apart
+    (other_settings). Returns ({label: runs}, {axis: value} shared by all): labels name what differs
+    between the curves (varying axes, then KEY=value), the shared axes go to the title; when nothing
+    differs, the one curve is named by its runs (their names, see runs.name_runs)."""
     axes = [r.axes for r in runs]
     shared = {a: axes[0][a] for a in AXES if a != "seed" and all(x[a] == axes[0][a] for x in axes)}
+    others = other_settings(runs)
+    short = _short_names(others)
     groups: Dict[str, List[Run]] = defaultdict(list)
     for r, ax in zip(runs, axes):
         varying = [f"{ax[a]}" if a in ("init", "norm", "schedule") else f"{a}={ax[a]}"
                    for a in AXES if a != "seed" and a not in shared]
-        groups[" ".join(varying) or "run"].append(r)
+        leaves = _leaves(r.raw)
+        varying += [f"{short[k]}={json.loads(leaves[k]) if k in leaves else '?'}" for k in others]
+        groups[" ".join(varying)].append(r)
+    if list(groups) == [""]:
+        groups = {_names_label(runs): list(runs)}
     return dict(sorted(groups.items())), shared
 
 
@@ -92,6 +145,7 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups, shared = group_runs(runs)
     has_mask = any(r.evals("segm/AP") for r in runs)
@@ -101,7 +155,7 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
     tasks = VOC_TASKS if all(voc) else TASKS if has_mask else TASKS[:1]
     if any(r.evals(KEYPOINT_TASK[0]) for r in runs):
         tasks = tasks + (KEYPOINT_TASK,)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(8.8 * len(tasks), 4.8), squeeze=False, layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = {}
     with_tta = set()
@@ -146,11 +200,12 @@ def plot_curves(runs: Sequence[Run], out_prefix: str, title: str = "") -> Dict[s
             unit = units.pop()
             top = ax.secondary_xaxis("top", functions=(lambda x, u=unit: x / u, lambda x, u=unit: x * u))
             top.set_xlabel('iterations in units of "1x"')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        # beside the axes, where it hides no point (constrained layout makes room for it)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     shared_txt = ", ".join(f"{k}={v}" for k, v in shared.items())
     fig.suptitle((title + "\n" if title else "") + shared_txt + "   (dotted: LR drops)", fontsize=10)
-    fig.tight_layout()
     os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
     paths = {"png": out_prefix + ".png", "pdf": out_prefix + ".pdf", "csv": out_prefix + ".csv"}
     fig.savefig(paths["png"], dpi=120)

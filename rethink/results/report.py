@@ -1,4 +1,5 @@
-"""The results table: one row per run with its axes, final and best box/mask AP, AP50/AP75, the
+"""The results table: one row per run, named first (its path relative to the folder searched, runs.name_runs;
+the csv's last column "run" is its full path), with its axes, final and best box/mask AP, AP50/AP75, the
 final test-time-augmentation box/mask AP (TEST.AUG: "bbox_TTA/AP", columns shown when a run has them),
 iterations done (completed iterations, detectron2 runs converted, see rethink.runs), GPU-hours (empty for
 detectron2 runs), and the paper's number with the delta where one applies (for the TTA AP too: the paper's
@@ -12,7 +13,7 @@ from typing import Dict, List, Sequence
 from .curves import is_voc_run, reference_for
 from .runs import AXES, Run
 
-COLUMNS = list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
+COLUMNS = ["name"] + list(AXES) + ["iters_done", "max_iter", "box_AP", "box_AP_best", "box_AP50", "box_AP75", "mask_AP",
                         "mask_AP_best", "mask_AP50", "mask_AP75", "box_AP_TTA", "mask_AP_TTA", "voc_mAP",
                         "voc_mAP_best", "kp_AP", "kp_AP_best", "kp_AP50", "kp_AP75",
                         "gpu_hours", "paper_box_AP", "delta_box", "paper_mask_AP", "delta_mask",
@@ -26,7 +27,7 @@ def _fmt(v):
 
 
 def run_row(run: Run) -> Dict[str, object]:
-    row: Dict[str, object] = dict(run.axes)
+    row: Dict[str, object] = {"name": run.name or os.path.basename(run.path), **run.axes}
     gpu_hours = run.gpu_hours()
     row.update(iters_done=run.last_iteration, max_iter=run.max_iter,
                gpu_hours=None if gpu_hours is None else round(gpu_hours, 3), run=run.path)

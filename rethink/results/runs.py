@@ -12,7 +12,9 @@ Every entry of :attr:`Run.metrics` uses rethink's convention, so both plot on on
 becomes ``i + 1`` when ``i < MAX_ITER`` and stays ``i`` otherwise (detectron2's evaluation after 5000 of 90000
 steps, logged at 4999, and rethink's, logged at 5000, both land on 5000; both final evaluations on 90000).
 
-Runs are grouped by their settings (:data:`AXES`), read *leniently* from the raw YAML of ``config.yaml``: only the
+Runs are grouped by their settings (:data:`AXES`), read *leniently* from the raw YAML of ``config.yaml``, its values
+by the config loader's rules (a string that is a Python literal is that literal, as yacs decodes it: detectron2's
+hand-written ``STEPS: (4000, 5000)`` is a tuple of two ints, ``TRAIN: ("coco_2017_train",)`` one name): only the
 keys behind the axes and the schedule are read, anything missing takes detectron2's default (:data:`D2_DEFAULTS`),
 unknown keys are ignored, so a config written by an older or newer rethink, or by detectron2, still plots. What
 cannot be read (a key of the wrong type, a bad or truncated metrics line, an unreadable config) is a warning
@@ -27,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from ..config import CfgNode
 from ..utils.rundir import CONFIG, DETECTRON2_METRICS, METRICS, RunDir
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,8 @@ class Run:
     source: str = "rethink"
     #: the config.yaml as read (after _BASE_ merging), for settings not covered here
     raw: Dict[str, Any] = field(default_factory=dict)
+    #: what the run is called in legends and tables: its path relative to the folder searched (find_runs)
+    name: str = ""
 
     @property
     def axes(self) -> Dict[str, object]:
@@ -146,6 +151,16 @@ class _LenientLoader(yaml.SafeLoader):
 _LenientLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
 
 
+def decode_values(node):
+    """A config mapping with every string value decoded as the config loader decodes it (yacs'
+    ``_decode_cfg_value``: a Python literal becomes that literal, anything else stays a string)."""
+    if isinstance(node, dict):
+        return {k: decode_values(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [decode_values(v) for v in node]
+    return CfgNode._decode_cfg_value(node) if isinstance(node, str) else node
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -166,6 +181,7 @@ def read_config_yaml(path: str, _chain: Tuple[str, ...] = ()) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     base = data.pop("_BASE_", None)
+    data = decode_values(data)
     if isinstance(base, str) and base:
         base_path = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(base)))
         if base_path in _chain or len(_chain) > 16:
@@ -329,7 +345,17 @@ def find_runs(paths: List[str]) -> List[Run]:
                     found.append(run)
     if not found:
         raise FileNotFoundError(f"no readable runs (directories with {CONFIG}) under {', '.join(paths)}")
+    name_runs(found)
     return found
+
+
+def name_runs(runs: List[Run]) -> None:
+    """Each run's name: its path relative to the deepest folder holding them all (a sweep's runs are named by
+    their folders in it), the folder's own name for a single run."""
+    paths = [os.path.abspath(r.path) for r in runs]
+    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    for r, p in zip(runs, paths):
+        r.name = os.path.relpath(p, common) if p != common else os.path.basename(p)
 
 
 def load_run(path: str) -> Optional[Run]:
@@ -347,4 +373,4 @@ def load_run(path: str) -> Optional[Run]:
     metrics = run.metrics(lenient=True, max_iter=settings.max_iter)
     if not metrics:
         logger.warning("%s: no metrics yet (%s or %s)", path, METRICS, DETECTRON2_METRICS)
-    return Run(path, settings, metrics, source, raw)
+    return Run(path, settings, metrics, source, raw, name=os.path.basename(os.path.abspath(path)))
