@@ -208,7 +208,7 @@ class GroundTruthModel(torch.nn.Module):
         return outputs
 
 
-def test_evaluation_maps_labels_by_the_trained_categories(mine, trained):
+def test_evaluation_maps_labels_by_the_trained_categories(mine, trained, tmp_path):
     """A test json that numbers and orders the categories differently is evaluated right with the category
     list the checkpoint keeps; without it (the test json's sorted ids) the labels would name other classes."""
     data = json.load(open(mine["val"]))
@@ -223,7 +223,8 @@ def test_evaluation_maps_labels_by_the_trained_categories(mine, trained):
     checkpointer.resume_or_load(os.path.join(trained, "model_final.pth"), resume=False)
     categories = checkpointer.loaded_categories
     assert [c["name"] for c in categories] == ["rectangle", "ellipse", "triangle"]
-    cfg = load_config(TINY, [*SHORT, "MODEL.MASK_ON", "False", "DATASETS.TEST", repr((renumbered,))])
+    cfg = load_config(TINY, [*SHORT, "MODEL.MASK_ON", "False", "DATASETS.TEST", repr((renumbered,)),
+                             "OUTPUT_DIR", str(tmp_path)])  # evaluation writes its results file there
     mapped = evaluate(cfg, GroundTruthModel(renumbered, categories), torch.device("cpu"), categories=categories)
     assert mapped[renumbered]["bbox"]["AP"] == pytest.approx(100.0)
     unmapped = evaluate(cfg, GroundTruthModel(renumbered, categories), torch.device("cpu"))
