@@ -85,7 +85,7 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(slurm_cluster,
     assert [r["state"] for r in rows] == ["done", "done"], format_states(rows)
     log = open(os.path.join(victim.output_dir, "log.txt")).read()
     assert log.count("Resumed from") >= 1 and rows[0]["starts"] >= 2
-    assert "Received SIGUSR2: stopping after the step in progress" in log
+    assert "Received SIGUSR2: stopping after the step or evaluation batch in progress" in log
     resumed = [int(k) for k in re.findall(r"Resumed from \S+ \(iteration (\d+)\)", log)]
     assert resumed and resumed[0] >= seen  # the signal's own checkpoint, not an older periodic one
     assert max_diff(weights(os.path.join(victim.output_dir, "model_final.pth")),
