@@ -8,6 +8,8 @@ from rethink.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# detectron2's own outputs (../shared/reference/detectron2-golden): parity tests skip, saying why, without it
+GOLDEN = ROOT.parent / "shared" / "reference" / "detectron2-golden"
 
 TINY_R18 = [
     "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
@@ -35,5 +37,14 @@ def _deterministic_torch():
 def isolated_cache(tmp_path_factory):
     """$RETHINK_CACHE in a fresh temporary folder for one test module (synthetic data, indexes)."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETHINK_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def golden_env(tmp_path_factory):
+    """coco_2017_train/val resolve to the golden fixture's images (DETECTRON2_DATASETS), caches in a temp dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DETECTRON2_DATASETS", str(GOLDEN))
         mp.setenv("RETHINK_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield

@@ -30,7 +30,8 @@ from rethink.structures import InstanceMasks
 from rethink.weights import load_weights, read_weights
 from rethink.weights.convert import convert_names
 
-from .test_d2_parity import GOLDEN, assert_close, mask_iou
+from .conftest import GOLDEN
+from .golden import assert_close, mask_iou
 
 CASCADE = GOLDEN / "enhanced" / "cascade"
 EXPECTED = CASCADE / "expected"
@@ -38,14 +39,6 @@ WEIGHTS = CASCADE / "model_final.pkl"
 INTERMEDIATE_IDS = (20910, 163892)
 
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"detectron2's cascade fixture is absent ({CASCADE})")
-
-
-@pytest.fixture(scope="module")
-def golden_env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DETECTRON2_DATASETS", str(GOLDEN))
-        mp.setenv("RETHINK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -25,37 +25,14 @@ from rethink.modeling import build_model
 from rethink.structures import InstanceMasks
 from rethink.weights import load_weights
 
-from .conftest import ROOT
+from .conftest import GOLDEN, ROOT
+from .golden import assert_close, mask_iou
 
-GOLDEN = ROOT.parent / "shared" / "reference" / "detectron2-golden"
 EXPECTED = GOLDEN / "expected"
 WEIGHTS = GOLDEN / "model" / "model_final.pkl"
 INTERMEDIATE_IDS = (20910, 163892)
 
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"detectron2's golden fixture is absent ({GOLDEN})")
-
-
-def assert_close(ours, theirs, rel=1e-4, what=""):
-    """Every element within `rel` of the largest magnitude of the reference."""
-    ours, theirs = torch.as_tensor(ours, dtype=torch.float64), torch.as_tensor(theirs, dtype=torch.float64)
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} vs detectron2's {tuple(theirs.shape)}"
-    scale = max(float(theirs.abs().max()), 1e-12) if theirs.numel() else 1.0
-    err = float((ours - theirs).abs().max()) if theirs.numel() else 0.0
-    assert err <= rel * scale, f"{what}: max abs diff {err:.3g} > {rel} x {scale:.3g}"
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-@pytest.fixture(scope="module")
-def golden_env(tmp_path_factory):
-    """coco_2017_train/val resolve to the fixture's images (DETECTRON2_DATASETS), caches in a temp dir."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DETECTRON2_DATASETS", str(GOLDEN))
-        mp.setenv("RETHINK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

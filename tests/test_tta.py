@@ -36,9 +36,9 @@ from rethink.modeling.tta import (
 )
 from rethink.weights import load_weights
 
-from .conftest import CONFIGS, ROOT, tiny_cfg
+from .conftest import CONFIGS, GOLDEN, ROOT, tiny_cfg
+from .golden import mask_iou
 
-GOLDEN = ROOT.parent / "shared" / "reference" / "detectron2-golden"
 CASCADE = GOLDEN / "enhanced" / "cascade"
 EXPECTED = CASCADE / "expected"
 needs_golden = pytest.mark.skipif(not (CASCADE / "model_final.pkl").is_file(),
@@ -181,19 +181,6 @@ def test_final_evaluation_of_a_training_adds_tta_metrics(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # detectron2's golden cascade model: TTA as its tools/train_net.py test_with_TTA runs it
 # --------------------------------------------------------------------------------------------------------------------
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-@pytest.fixture(scope="module")
-def golden_env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DETECTRON2_DATASETS", str(GOLDEN))
-        mp.setenv("RETHINK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def golden_cfg(golden_env):
     return load_config(CASCADE / "config.yaml", ["MODEL.WEIGHTS", str(CASCADE / "model_final.pkl")])

@@ -18,14 +18,12 @@ byte-identical, JPEG depends on the Pillow version). ~100 images take well under
 import logging
 import math
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils.cache import cache_root, canonical_json_bytes, file_lock
+from ..utils.cache import build_directory_once, cache_root, canonical_json_bytes
 from .errors import DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -223,23 +221,10 @@ def ensure_builtin_synthetic(create: bool = True, num_images: Optional[int] = No
     num_images = BUILTIN_NUM_IMAGES if num_images is None else num_images
     name = f"coco_v{SYNTHETIC_VERSION}_n{num_images}" + ("" if num_val is None else f"_v{num_val}")
     d = os.path.join(cache_root(), "synthetic", f"{name}_s{BUILTIN_SEED}")
-    done = os.path.join(d, "DONE")
-    if not os.path.isfile(done):
-        if not create:
-            raise DatasetNotFoundError(f"synthetic dataset not generated yet: {d}")
-        with file_lock(d + ".lock"):
-            if not os.path.isfile(done):
-                os.makedirs(os.path.dirname(d), exist_ok=True)
-                tmp = tempfile.mkdtemp(prefix=os.path.basename(d) + ".tmp-", dir=os.path.dirname(d))
-                try:
-                    make_synthetic_coco(tmp, num_images, BUILTIN_SEED, num_val=num_val)
-                    with open(os.path.join(tmp, "DONE"), "w") as f:
-                        f.write("ok\n")
-                    shutil.rmtree(d, ignore_errors=True)
-                    os.rename(tmp, d)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                logger.info("generated the synthetic COCO dataset in %s", d)
+    if not os.path.isfile(os.path.join(d, "DONE")) and not create:
+        raise DatasetNotFoundError(f"synthetic dataset not generated yet: {d}")
+    build_directory_once(d, lambda tmp: make_synthetic_coco(tmp, num_images, BUILTIN_SEED, num_val=num_val),
+                         "the synthetic COCO dataset")
     return {"train": os.path.join(d, "annotations", "instances_train.json"),
             "val": os.path.join(d, "annotations", "instances_val.json"),
             "image_root_train": os.path.join(d, "train"), "image_root_val": os.path.join(d, "val")}

@@ -17,14 +17,12 @@ Same arguments => same files (numpy ``Generator(PCG64(SeedSequence([seed, 200 + 
 import logging
 import math
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils.cache import cache_root, canonical_json_bytes, file_lock
+from ..utils.cache import build_directory_once, cache_root, canonical_json_bytes
 from .errors import DatasetNotFoundError
 from .keypoints import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 from .synthetic import _background, uncompressed_rle
@@ -171,22 +169,10 @@ def ensure_synthetic_keypoints(create: bool = True) -> Dict[str, str]:
     ``$RETHINK_CACHE/synthetic/``; made once, by one process, published by rename."""
     d = os.path.join(cache_root(), "synthetic", f"keypoints_v{SYNTHETIC_KEYPOINTS_VERSION}_n{BUILTIN_NUM_IMAGES}"
                                                 f"_v{BUILTIN_NUM_VAL}_s{BUILTIN_SEED}")
-    if not os.path.isfile(os.path.join(d, "DONE")):
-        if not create:
-            raise DatasetNotFoundError(f"synthetic keypoint dataset not generated yet: {d}")
-        with file_lock(d + ".lock"):
-            if not os.path.isfile(os.path.join(d, "DONE")):
-                os.makedirs(os.path.dirname(d), exist_ok=True)
-                tmp = tempfile.mkdtemp(prefix=os.path.basename(d) + ".tmp-", dir=os.path.dirname(d))
-                try:
-                    make_synthetic_keypoints(tmp, BUILTIN_NUM_IMAGES, BUILTIN_SEED, BUILTIN_NUM_VAL)
-                    with open(os.path.join(tmp, "DONE"), "w") as f:
-                        f.write("ok\n")
-                    shutil.rmtree(d, ignore_errors=True)
-                    os.rename(tmp, d)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                logger.info("generated the synthetic keypoint dataset in %s", d)
+    if not os.path.isfile(os.path.join(d, "DONE")) and not create:
+        raise DatasetNotFoundError(f"synthetic keypoint dataset not generated yet: {d}")
+    build_directory_once(d, lambda tmp: make_synthetic_keypoints(tmp, BUILTIN_NUM_IMAGES, BUILTIN_SEED,
+                                                                 BUILTIN_NUM_VAL), "the synthetic keypoint dataset")
     return {"train": os.path.join(d, "annotations", "person_keypoints_train.json"),
             "val": os.path.join(d, "annotations", "person_keypoints_val.json"),
             "image_root_train": os.path.join(d, "train"), "image_root_val": os.path.join(d, "val")}

@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import os
-from typing import Iterator, Optional
+import shutil
+import tempfile
+from typing import Callable, Iterator, Optional
 
 from .atomic import atomic_write_bytes
 
@@ -94,3 +96,25 @@ def file_lock(path: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def build_directory_once(path: str, build: Callable[[str], None], what: str) -> None:
+    """Make the directory `path` once, by one process: `build(tmp_dir)` fills a temporary directory beside
+    it, which is then published by rename with a DONE marker; others wait on the lock and reuse it."""
+    done = os.path.join(path, "DONE")
+    if os.path.isfile(done):
+        return
+    with file_lock(path + ".lock"):
+        if os.path.isfile(done):
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=os.path.dirname(path))
+        try:
+            build(tmp)
+            with open(os.path.join(tmp, "DONE"), "w") as f:
+                f.write("ok\n")
+            shutil.rmtree(path, ignore_errors=True)
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("generated %s in %s", what, path)
