@@ -29,7 +29,7 @@ def test_table1_is_complete():
 
 
 def test_enhanced_baselines_and_table3():
-    from rethink.results.paper import config_settings
+    from rethink.results.runs import config_settings
 
     tta = dict(cascade=True, train_aug=True, test_aug=True)
     assert lookup(50, "GN", "scratch", 9.0, **tta).mask_ap == 41.6

@@ -14,8 +14,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..data.voc import is_voc_dataset
-from .paper import config_settings, lookup
-from .runs import AXES, Run
+from .paper import lookup
+from .runs import AXES, Run, config_settings
 
 logger = logging.getLogger(__name__)
 TASKS = (("bbox/AP", "box AP", "box_ap"), ("segm/AP", "mask AP", "mask_ap"))

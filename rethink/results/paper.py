@@ -5,11 +5,11 @@ sections are numbered as in arXiv v1 (R101-GN curves Figure 3, SyncBN Figure 4, 
 Sec. 5.1, less data Sec. 5.2 / Figures 7-8, large model Table 3).
 All numbers are COCO val2017 AP in percent, Mask R-CNN with FPN, trained on train2017 at 16
 images/batch, except the PASCAL VOC ones (Sec. 5, ``VOC``: Faster R-CNN, VOC mAP on VOC2012 val).
-`lookup()` finds the reference for a run's settings; `config_settings()` reads the settings beyond
-depth/norm/init/schedule/data (cascade, train aug, recipe, ResNeXt) from a run's config mapping.
+`lookup()` finds the reference for a run's settings (rethink.results.runs.config_settings reads those beyond
+depth/norm/init/schedule/data from a run's config: cascade, train aug, recipe, ResNeXt).
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -171,32 +171,3 @@ def lookup(depth: int, norm: str, init: str, schedule: Optional[float] = None,
             and (r.recipe == recipe if recipe is not None else r.recipe in ("plain", "retuned")) and schedule_ok(r)]
     hits.sort(key=lambda r: (r.source != "Table 2", r.source == "detectron2 zoo"))
     return hits[0] if hits else None
-
-
-def _get(raw: Dict[str, Any], key: str, default=None):
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def config_settings(raw: Dict[str, Any]) -> Dict[str, Any]:
-    """lookup()'s cascade / train_aug / recipe / resnext for a run, from its config mapping (a run dir's
-    config.yaml as read leniently, detectron2's defaults where a key is missing): cascade = CascadeROIHeads;
-    train_aug = the training short side drawn from several sizes or a range; recipe "retuned" = Sec. 5.2's
-    BASE_LR 0.04 at 16 images/batch (scaled linearly) with GAMMA 0.02, "plain" otherwise; resnext =
-    "<groups>x<width>d" when NUM_GROUPS > 1. test_aug is the caller's: the same run has plain and *_TTA metrics."""
-    sizes = _get(raw, "INPUT.MIN_SIZE_TRAIN", [800])
-    sizes = [sizes] if isinstance(sizes, (int, float)) else list(sizes or [])
-    sampling = _get(raw, "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice")
-    ims = _get(raw, "SOLVER.IMS_PER_BATCH", 16) or 16
-    ref = _get(raw, "SOLVER.REFERENCE_IMS_PER_BATCH", 0) or ims  # not yet scaled: LR is at the reference batch
-    lr16 = float(_get(raw, "SOLVER.BASE_LR", 0.02)) * 16 / ref
-    retuned = abs(lr16 - 0.04) < 1e-9 and abs(float(_get(raw, "SOLVER.GAMMA", 0.1)) - 0.02) < 1e-9
-    groups, width = int(_get(raw, "MODEL.RESNETS.NUM_GROUPS", 1)), int(_get(raw, "MODEL.RESNETS.WIDTH_PER_GROUP", 64))
-    return {"cascade": _get(raw, "MODEL.ROI_HEADS.NAME", "Res5ROIHeads") == "CascadeROIHeads",
-            "train_aug": len(set(sizes)) > 1 or (sampling == "range" and len(sizes) == 2 and sizes[0] != sizes[1]),
-            "recipe": "retuned" if retuned else "plain",
-            "resnext": f"{groups}x{width}d" if groups > 1 else ""}

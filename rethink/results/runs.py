@@ -208,6 +208,32 @@ def _lookup(raw: dict, key: str):
     return node
 
 
+def _value(raw: dict, key: str, default=None):
+    value = _lookup(raw, key)
+    return default if value is _MISSING else value
+
+
+def config_settings(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """lookup()'s cascade / train_aug / recipe / resnext for a run, from its config mapping (a run dir's
+    config.yaml as read leniently, detectron2's defaults where a key is missing): cascade = CascadeROIHeads;
+    train_aug = the training short side drawn from several sizes or a range; recipe "retuned" = Sec. 5.2's
+    BASE_LR 0.04 at 16 images/batch (scaled linearly) with GAMMA 0.02, "plain" otherwise; resnext =
+    "<groups>x<width>d" when NUM_GROUPS > 1. test_aug is the caller's: the same run has plain and *_TTA metrics."""
+    sizes = _value(raw, "INPUT.MIN_SIZE_TRAIN", [800])
+    sizes = [sizes] if isinstance(sizes, (int, float)) else list(sizes or [])
+    sampling = _value(raw, "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice")
+    ims = _value(raw, "SOLVER.IMS_PER_BATCH", 16) or 16
+    ref = _value(raw, "SOLVER.REFERENCE_IMS_PER_BATCH", 0) or ims  # not yet scaled: LR is at the reference batch
+    lr16 = float(_value(raw, "SOLVER.BASE_LR", 0.02)) * 16 / ref
+    retuned = abs(lr16 - 0.04) < 1e-9 and abs(float(_value(raw, "SOLVER.GAMMA", 0.1)) - 0.02) < 1e-9
+    groups = int(_value(raw, "MODEL.RESNETS.NUM_GROUPS", 1))
+    width = int(_value(raw, "MODEL.RESNETS.WIDTH_PER_GROUP", 64))
+    return {"cascade": _value(raw, "MODEL.ROI_HEADS.NAME", "Res5ROIHeads") == "CascadeROIHeads",
+            "train_aug": len(set(sizes)) > 1 or (sampling == "range" and len(sizes) == 2 and sizes[0] != sizes[1]),
+            "recipe": "retuned" if retuned else "plain",
+            "resnext": f"{groups}x{width}d" if groups > 1 else ""}
+
+
 class _Reader:
     """Typed reads of dotted keys with detectron2's defaults; a bad value warns (naming file and key) and falls back
     to the default."""
