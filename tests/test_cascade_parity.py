@@ -24,14 +24,13 @@ from rethink.engine.checkpoint import unwrap
 from rethink.engine.hooks import LRScheduler
 from rethink.engine.trainer import Trainer, flatten_results
 from rethink.evaluation import COCOEvaluator
-from rethink.modeling import build_model
 from rethink.modeling.roi_heads import CascadeROIHeads
 from rethink.structures import InstanceMasks
 from rethink.weights import load_weights, read_weights
 from rethink.weights.convert import convert_names
 
 from .conftest import GOLDEN
-from .golden import assert_close, mask_iou
+from .golden import assert_close, load_golden_model, mask_iou
 
 CASCADE = GOLDEN / "enhanced" / "cascade"
 EXPECTED = CASCADE / "expected"
@@ -48,11 +47,7 @@ def cfg(golden_env):
 
 @pytest.fixture(scope="module")
 def model(cfg):
-    torch.set_num_threads(2)
-    m = build_model(cfg)
-    report = load_weights(m, cfg.MODEL.WEIGHTS)
-    assert not report.missing and not report.unexpected and not report.mismatched and len(report.matched) == 160
-    return m.eval()
+    return load_golden_model(cfg, 160)
 
 
 @pytest.fixture(scope="module")

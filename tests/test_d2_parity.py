@@ -26,7 +26,7 @@ from rethink.structures import InstanceMasks
 from rethink.weights import load_weights
 
 from .conftest import GOLDEN, ROOT
-from .golden import assert_close, mask_iou
+from .golden import assert_close, load_golden_model, mask_iou
 
 EXPECTED = GOLDEN / "expected"
 WEIGHTS = GOLDEN / "model" / "model_final.pkl"
@@ -42,11 +42,7 @@ def cfg(golden_env):
 
 @pytest.fixture(scope="module")
 def model(cfg):
-    torch.set_num_threads(2)
-    m = build_model(cfg)
-    report = load_weights(m, cfg.MODEL.WEIGHTS)
-    assert not report.missing and not report.unexpected and not report.mismatched and len(report.matched) == 124
-    return m.eval()
+    return load_golden_model(cfg, 124)
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,9 @@ from rethink.modeling.tta import (
     resize_image,
     tta_augmentations,
 )
-from rethink.weights import load_weights
 
 from .conftest import CONFIGS, GOLDEN, ROOT, tiny_cfg
-from .golden import mask_iou
+from .golden import load_golden_model, mask_iou
 
 CASCADE = GOLDEN / "enhanced" / "cascade"
 EXPECTED = CASCADE / "expected"
@@ -189,11 +188,7 @@ def golden_cfg(golden_env):
 @pytest.fixture(scope="module")
 def tta_predictions(golden_cfg):
     """{image_id: (loader sample, TTA output)} for the 8 val images, computed once."""
-    torch.set_num_threads(2)
-    model = build_model(golden_cfg)
-    report = load_weights(model, golden_cfg.MODEL.WEIGHTS)
-    assert not report.missing and not report.unexpected and not report.mismatched
-    tta = GeneralizedRCNNWithTTA(golden_cfg, model.eval()).eval()
+    tta = GeneralizedRCNNWithTTA(golden_cfg, load_golden_model(golden_cfg, 160)).eval()
     out = {}
     for [s] in build_test_loader(golden_cfg, "coco_2017_val"):
         out[s["image_id"]] = (s, tta([s["image"]], output_sizes=[(s["height"], s["width"])])[0])

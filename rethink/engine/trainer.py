@@ -276,13 +276,12 @@ def evaluate(cfg, model, device, tta: Optional[bool] = None, categories: Optiona
     for name in cfg.DATASETS.TEST:
         loader = build_test_loader(cfg, name, comm.get_rank(), comm.get_world_size())
         spec = get_dataset_spec(name)
-        coco = getattr(spec, "evaluator_type", "coco") == "coco"
+        coco = spec.evaluator_type == "coco"
         evaluator = build_evaluator(spec, cfg.TEST.EVALUATOR, tasks, gather=comm.gather_to_main,
                                     is_main=comm.is_main_process(),  # COCO AP, or VOC mAP for VOC datasets
                                     contiguous_to_cat=label_to_category_id(categories, dataset_categories(name),
-                                                                           spec.json_file) if coco else None)
-        if "keypoints" in tasks:
-            evaluator.kpt_oks_sigmas = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)  # empty: COCO's
+                                                                           spec.json_file) if coco else None,
+                                    kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
         results[name] = inference_on_dataset(model, loader, evaluator, device)
         write_detections(cfg, name, evaluator, visualize=visualize)
         if tta:
